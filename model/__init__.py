@@ -1,0 +1,28 @@
+"""kvserve's engine: load a model, generate with a paged KV cache and continuous batching.
+
+    from model import LLM, SamplingParams
+    llm = LLM()  # the embedded SmolLM2-135M-Instruct
+    print(llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=16))[0].text)
+"""
+from .config import EngineConfig, ModelConfig
+from .engine.async_engine import AsyncEngine, EngineDeadError
+from .engine.llm import LLM
+from .engine.llm_engine import LLMEngine
+from .loader import ModelLoadError
+from .outputs import CompletionOutput, Logprob, RequestOutput, TokenLogprobs
+from .sampling_params import SamplingParams
+
+__all__ = [
+    "LLM",
+    "AsyncEngine",
+    "EngineConfig",
+    "EngineDeadError",
+    "LLMEngine",
+    "ModelConfig",
+    "ModelLoadError",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "Logprob",
+    "TokenLogprobs",
+]

@@ -1,0 +1,74 @@
+"""LLM: the offline facade. `LLM().generate(prompts, SamplingParams(...))` in a plain script."""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence as Seq
+
+from ..config import EngineConfig
+from ..outputs import RequestOutput
+from ..sampling_params import SamplingParams
+from .llm_engine import LLMEngine
+
+Prompt = str | list[int]
+Message = dict[str, object]
+
+
+class LLM:
+    def __init__(self, model: str | None = None, **engine_options) -> None:
+        """`model`: a HF directory or a GGUF file; None loads the embedded default model.
+
+        Other keyword arguments are EngineConfig fields (dtype, device, max_model_len, ...).
+        """
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion (batched) and return the outputs in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # one prompt: text or token ids
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
+        return self._run([(p, sp) for p, sp in zip(prompts, params)])
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Apply the chat template to one conversation or a list of them, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        texts = [self.engine.render_chat(c, add_generation_prompt, chat_template) for c in conversations]
+        # The template already holds any BOS text: tokenize without adding special tokens again.
+        prompts = [self.engine.encode_prompt(t, add_special_tokens=False)[1] for t in texts]
+        return self.generate(prompts, sampling_params)
+
+    def _run(self, items: list[tuple[Prompt, SamplingParams]]) -> list[RequestOutput]:
+        ids = []
+        try:
+            for prompt, params in items:
+                request_id = f"offline-{next(self._ids)}"
+                self.engine.add_request(request_id, prompt, params)
+                ids.append(request_id)
+            final: dict[str, RequestOutput] = {}
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.finished:
+                        final[out.request_id] = out
+        finally:
+            for request_id in ids:  # on an error part-way, leave nothing queued
+                self.engine.abort_request(request_id)
+        return [final[i] for i in ids]

@@ -1,0 +1,32 @@
+"""What every loader returns, and the one error type for bad model files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+
+from ..config import ModelConfig
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
+
+
+class ModelLoadError(ValueError):
+    """A model file is missing, truncated, malformed or unsupported. The message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """A model ready to be instantiated: its config, tokenizer and a way to stream its weights.
+
+    `weights()` yields (HF parameter name, tensor) pairs, e.g. `model.layers.0.self_attn.q_proj.weight`,
+    in the layout Hugging Face `transformers` uses (GGUF tensors already renamed and un-permuted).
+    """
+
+    path: str
+    config: ModelConfig
+    tokenizer: "Tokenizer"
+    weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    eos_token_ids: list[int] = field(default_factory=list)  # every id that ends generation
+    default_name: str = "model"  # the name to serve it under by default
