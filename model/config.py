@@ -96,6 +96,11 @@ class ModelConfig:
             hidden = int(cfg["hidden_size"])
             heads = int(cfg["num_attention_heads"])
             head_dim = cfg.get("head_dim") or hidden // heads
+            # transformers >= 5 writes `rope_parameters` (theta inside); older files `rope_theta` + `rope_scaling`.
+            rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+            rope_theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+            kind = rope.get("rope_type", rope.get("type", "default"))
+            rope_scaling = rope if kind != "default" else None
             return cls(
                 architecture=arch,
                 vocab_size=int(cfg["vocab_size"]),
@@ -106,8 +111,8 @@ class ModelConfig:
                 num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
                 head_dim=int(head_dim),
                 rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                rope_scaling=cfg.get("rope_scaling"),
+                rope_theta=rope_theta,
+                rope_scaling=rope_scaling,
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),

@@ -133,7 +133,8 @@ class Tokenizer:
         added = backend.get_added_tokens_decoder()
         self._added_ids = set(added)
         named = (self.bos_token_id, self.eos_token_id, self.unk_token_id, self.pad_token_id)
-        self.all_special_ids: set[int] = {i for i, t in added.items() if t.special} | {i for i in named if i is not None}
+        special = {i for i, t in added.items() if t.special}
+        self.all_special_ids: set[int] = special | {i for i in named if i is not None}
         self.vocab_size: int = max(backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
         self._style = _decoder_style(backend)
 
@@ -195,8 +196,8 @@ class Tokenizer:
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
             raise ModelLoadError(f"{source}: no vocabulary (tokenizer.ggml.tokens)")
         types = fields.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-        if len(types) != len(tokens):
-            raise ModelLoadError(f"{source}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+        if not isinstance(types, list) or len(types) != len(tokens):
+            raise ModelLoadError(f"{source}: tokenizer.ggml.token_type does not give one type per token")
         ids = {key: _gguf_token_id(fields, key, len(tokens), source) for key in ("bos", "eos", "unknown", "padding")}
         kind = fields.get("tokenizer.ggml.model")
         if kind not in ("gpt2", "llama"):
@@ -225,6 +226,13 @@ class Tokenizer:
             chat_template=template if isinstance(template, str) and template else None,
         )
 
+    @classmethod
+    def from_gguf_file(cls, path: str) -> "Tokenizer":
+        """The tokenizer of a GGUF file (reads only its metadata)."""
+        from .loader.gguf import read_header  # late: the loader imports this module
+
+        return cls.from_gguf_fields(read_header(path).fields, source=path)
+
     # ----------------------------------------------------------------- encode / decode
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -233,7 +241,7 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return _clean_up_spaces(text) if self.clean_up_tokenization_spaces else text
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -371,7 +379,9 @@ def _gguf_token_id(fields: Mapping[str, Any], key: str, n_tokens: int, source: s
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
-        raise ModelLoadError(f"{source}: tokenizer.ggml.{key}_token_id={value!r} is not a token id (vocabulary of {n_tokens})")
+        raise ModelLoadError(
+            f"{source}: tokenizer.ggml.{key}_token_id={value!r} is not a token id (vocabulary of {n_tokens})"
+        )
     return value
 
 

@@ -64,7 +64,7 @@ def smol_path() -> str:
 
 @pytest.fixture(scope="module")
 def smol(smol_path: str) -> Tokenizer:
-    return Tokenizer.from_gguf_fields(read_header(smol_path).fields, smol_path)
+    return Tokenizer.from_gguf_file(smol_path)
 
 
 @pytest.fixture(scope="module")

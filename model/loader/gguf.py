@@ -288,6 +288,8 @@ def _rope_scaling(header: GGUFHeader, arch: str, head_dim: int) -> dict[str, Any
     info = header.tensors.get("rope_freqs.weight")
     if info is None:
         return None
+    if not _can_dequantize(info.qtype):
+        raise ModelLoadError(f"{header.path}: rope_freqs.weight uses {info.qtype.name}, which kvserve cannot read")
     with open(header.path, "rb") as f:
         freqs = read_tensor(f, info).reshape(-1)
     theta = float(fields.get(f"{arch}.rope.freq_base", 10000.0))
@@ -435,9 +437,9 @@ def load_gguf(path: str) -> Checkpoint:
         raise ModelLoadError(f"{path}: missing tensor 'token_embd.weight'")
     try:
         cfg = _config(header, vocab_rows=embed.shape[0])
-    except (TypeError, ValueError, OverflowError) as exc:
-        if isinstance(exc, ModelLoadError):
-            raise
+    except ModelLoadError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a string where a number belongs
         raise ModelLoadError(f"{path}: invalid model metadata: {exc}") from None
     mapped = _map_tensors(header, cfg)
     tokenizer = Tokenizer.from_gguf_fields(header.fields, source=path)
@@ -448,7 +450,11 @@ def load_gguf(path: str) -> Checkpoint:
             eos.append(extra)
 
     def weights() -> Iterator[tuple[str, torch.Tensor]]:
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        with f:
             for name, info in mapped.items():
                 w = read_tensor(f, info)
                 if cfg.architecture in _PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):

@@ -6,7 +6,7 @@ import os
 from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorsError, safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig
 from ..tokenizer import Tokenizer
@@ -63,7 +63,7 @@ def _check_safetensors(file: str) -> None:
             for key in keys:
                 sl = f.get_slice(key)
                 del sl
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{file}: not a valid safetensors file ({exc})") from None
     if size == 0:
         raise ModelLoadError(f"{file}: empty file")
@@ -75,7 +75,7 @@ def _iter_weights(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
             with safe_open(file, framework="pt") as f:
                 for key in f.keys():
                     yield key, f.get_tensor(key)
-        except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{file}: cannot read tensors ({exc})") from None
 
 
