@@ -5,8 +5,9 @@ Order of processing (HF / vLLM semantics):
   2. repetition penalty over prompt + output tokens (HF: divide positive logits, multiply negative);
      presence / frequency penalties over output tokens (OpenAI: frequency * count + presence);
   3. greedy rows take the argmax;
-  4. sampled rows: temperature, then top-k, top-p and min-p, each a "keep logits >= threshold" mask,
-     then inverse-CDF sampling with one uniform number per row.
+  4. sampled rows: temperature, then top-k, top-p and min-p, each a "keep weights >= threshold" mask
+     on the unnormalized probabilities w = exp(logit - max), then inverse-CDF sampling with one
+     uniform number per row.
 
 The uniform is a pure function of (row seed, index of the token being sampled), computed on the
 host while the batch is built, so a seeded request gets the same tokens whatever else is in the
@@ -16,7 +17,6 @@ the engine reads the result with one `.tolist()` per step.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -27,8 +27,8 @@ from model.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 _NEG_INF = float("-inf")
-# Start of the candidate search for the top-p cut on CPU (grows x8 until it covers the cut).
-_CPU_TOP_P_CANDIDATES = 128
+# Start of the candidate search for the top-p cut on CPU (grows x8 for the rows it does not cover).
+_CPU_TOP_P_CANDIDATES = 256
 
 
 def _mix64(z: int) -> int:
@@ -66,11 +66,24 @@ Mask = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
+class CutParams:
+    """Per sampled row, shape [S, 1]: what top-k and top-p keep."""
+
+    top_k_index: torch.Tensor  # k - 1 (int64); 0 where top-k is off
+    top_k_on: torch.Tensor  # bool
+    top_p: torch.Tensor  # float32; 1.0 where top-p is off
+    top_p_on: torch.Tensor  # bool
+
+    def select(self, rows: torch.Tensor) -> CutParams:
+        return CutParams(*(t.index_select(0, rows) for t in (self.top_k_index, self.top_k_on, self.top_p, self.top_p_on)))
+
+
+@dataclass
 class SamplingBatch:
     """Per-row sampling inputs as tensors, plus flags that let the sampler skip unused work.
 
-    Rows are split into greedy rows and sampled rows; the per-row tensors of the sampling stage
-    (temperature, top-k, ...) are indexed by position among the sampled rows.
+    Rows are split into greedy rows and sampled rows; the tensors of the sampling stage
+    (temperature, uniform, cut, min_p) are indexed by position among the sampled rows.
     """
 
     num_rows: int
@@ -78,8 +91,8 @@ class SamplingBatch:
     # Logit edits, applied to all rows in this order; None when no row needs them.
     logit_bias: Edits | None
     min_tokens_ban: Mask | None
-    repetition: Edits | None  # value: the row's repetition penalty, one entry per seen token
-    presence_frequency: Edits | None  # value: frequency * count + presence, per output token
+    repetition: Edits | None  # value: the row's repetition penalty, one entry per distinct seen token
+    presence_frequency: Edits | None  # value: frequency * count + presence, per distinct output token
     # Greedy / sampled split. Index tensors are None when every row is of that kind.
     greedy_rows: torch.Tensor | None
     sampled_rows: torch.Tensor | None
@@ -87,14 +100,12 @@ class SamplingBatch:
     num_sampled: int
     # Sampled rows, shape [S, 1]. None when no sampled row uses the feature.
     temperature: torch.Tensor | None  # None: every sampled row has temperature 1
-    uniform: torch.Tensor | None  # the random number of each row (None when no sampled row)
-    top_k_index: torch.Tensor | None  # k - 1 (int64); 0 where top-k is off
-    top_k_on: torch.Tensor | None
-    top_k_max: int  # largest k among rows with top-k on
-    top_p: torch.Tensor | None  # 1.0 where top-p is off
-    top_p_on: torch.Tensor | None
-    top_p_full_mass: bool  # some top-p row has no top-k: the cut needs the whole vocabulary's mass
-    log_min_p: torch.Tensor | None  # log(min_p); -inf where min-p is off
+    uniform: torch.Tensor | None  # each row's random number in [0, 1); None when no row is sampled
+    cut: CutParams | None  # None: no row uses top-k or top-p
+    top_k_max: int  # largest k among rows with top-k on (0: none)
+    uses_top_p: bool
+    top_p_full_mass: bool  # some top-p row has no top-k: its cut needs the whole vocabulary's mass
+    min_p: torch.Tensor | None  # 0.0 where min-p is off
     # Logprobs: None when no row asked; else the largest number of alternatives asked.
     max_logprobs: int | None
 
@@ -104,7 +115,8 @@ class SamplingBatch:
 
     @property
     def has_edits(self) -> bool:
-        return any(e is not None for e in (self.logit_bias, self.min_tokens_ban, self.repetition, self.presence_frequency))
+        edits = (self.logit_bias, self.min_tokens_ban, self.repetition, self.presence_frequency)
+        return any(e is not None for e in edits)
 
     @classmethod
     def build(cls, rows: list[SamplingRow], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -130,12 +142,12 @@ class _Builder:
         self.pf: tuple[list[int], list[int], list[float]] = ([], [], [])
         self.greedy: list[int] = []
         self.sampled: list[int] = []
-        # Per sampled row: temperature, uniform, top-k, top-p, log(min_p).
+        # Per sampled row.
         self.temp: list[float] = []
         self.uniform: list[float] = []
-        self.top_k: list[int] = []
+        self.top_k: list[int] = []  # 0: off
         self.top_p: list[float] = []
-        self.log_min_p: list[float] = []
+        self.min_p: list[float] = []
         self.max_logprobs: int | None = None
 
     def add(self, i: int, row: SamplingRow) -> None:
@@ -166,7 +178,7 @@ class _Builder:
         self.uniform.append(seeded_uniform(row.seed, len(row.output_token_ids)))
         self.top_k.append(p.top_k if 0 < p.top_k < self.vocab_size else 0)
         self.top_p.append(p.top_p)
-        self.log_min_p.append(math.log(p.min_p) if p.min_p > 0.0 else _NEG_INF)
+        self.min_p.append(p.min_p)
 
     def finish(self, num_rows: int, device: torch.device) -> SamplingBatch:
         def ints(xs: list[int]) -> torch.Tensor:
@@ -181,8 +193,12 @@ class _Builder:
         def subset(idx: list[int]) -> torch.Tensor | None:
             return ints(idx) if 0 < len(idx) < num_rows else None
 
-        any_top_k = any(self.top_k)
-        any_top_p = any(p < 1.0 for p in self.top_p)
+        uses_top_p = any(p < 1.0 for p in self.top_p)
+        cut = None
+        if uses_top_p or any(self.top_k):
+            k = ints(self.top_k).unsqueeze(1)
+            top_p = column(self.top_p)
+            cut = CutParams((k - 1).clamp_(min=0), k > 0, top_p, top_p < 1.0)
         return SamplingBatch(
             num_rows=num_rows,
             vocab_size=self.vocab_size,
@@ -196,13 +212,11 @@ class _Builder:
             num_sampled=len(self.sampled),
             temperature=column(self.temp) if any(t != 1.0 for t in self.temp) else None,
             uniform=column(self.uniform) if self.sampled else None,
-            top_k_index=ints([max(k - 1, 0) for k in self.top_k]).unsqueeze(1) if any_top_k else None,
-            top_k_on=torch.tensor(self.top_k, device=device).gt(0).unsqueeze(1) if any_top_k else None,
+            cut=cut,
             top_k_max=max(self.top_k, default=0),
-            top_p=column(self.top_p) if any_top_p else None,
-            top_p_on=column(self.top_p).lt(1.0) if any_top_p else None,
+            uses_top_p=uses_top_p,
             top_p_full_mass=any(p < 1.0 and k == 0 for p, k in zip(self.top_p, self.top_k)),
-            log_min_p=column(self.log_min_p) if any(v > _NEG_INF for v in self.log_min_p) else None,
+            min_p=column(self.min_p) if any(self.min_p) else None,
             max_logprobs=self.max_logprobs,
         )
 
@@ -225,10 +239,10 @@ class SamplerOutput:
 class Sampler:
     """Turns logits into token ids for a SamplingBatch, without host syncs on an accelerator.
 
-    `top_p_candidates`: how many of the largest logits the top-p cut looks at first. The default
-    (None) is the full vocabulary (one sort) on accelerators and 128 on CPU, where a full sort is
-    very slow; on CPU the candidate set grows x8 until it covers every row's cut. Reading that
-    check is a plain memory read there, not a device sync. The cut is exact either way.
+    `top_p_candidates`: how many of the largest weights the top-p cut looks at first. The default
+    (None) is the whole vocabulary (one sort) on accelerators and 256 on CPU, where a full sort is
+    very slow; on CPU the rows whose cut lies deeper are redone with 8x more candidates (finally a
+    sort). Finding those rows reads a CPU tensor, which is no device sync. The cut is exact either way.
     """
 
     def __init__(self, top_p_candidates: int | None = None) -> None:
@@ -260,45 +274,59 @@ class Sampler:
     def _sample(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """x: [S, V] logits of the sampled rows -> [S] token ids."""
         assert batch.uniform is not None
-        return sample_inverse_cdf(self.warp(x, batch), batch.uniform)
+        return sample_inverse_cdf(self.weights(x, batch), batch.uniform)
 
-    def warp(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """Sampled rows' logits x [S, V] -> divided by temperature, tokens cut by top-k / top-p /
-        min-p at -inf. Never modifies x in place."""
+    def weights(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """Sampled rows' logits x [S, V] -> the unnormalized probabilities they are sampled from:
+        exp((x / temperature) - max), 0 for tokens cut by top-k / top-p / min-p. x is not modified."""
         if batch.temperature is not None:
             x = x / batch.temperature
-        threshold = self._keep_threshold(x, batch)
+        w = (x - x.amax(dim=-1, keepdim=True)).exp_()  # the top token has weight exactly 1
+        threshold = self._keep_threshold(w, batch)
         if threshold is not None:
-            x = x.masked_fill(x < threshold, _NEG_INF)
-        return x
+            w.masked_fill_(w < threshold, 0.0)
+        return w
 
-    def _keep_threshold(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor | None:
-        """[S, 1]: the smallest logit each row keeps after top-k, top-p and min-p (None: keep all)."""
+    def _keep_threshold(self, w: torch.Tensor, batch: SamplingBatch) -> torch.Tensor | None:
+        """[S, 1]: the smallest weight each row keeps after top-k, top-p and min-p (None: all)."""
         found: list[torch.Tensor] = []
-        if batch.log_min_p is not None:
-            # p < min_p * p_max  <=>  logit < max_logit + log(min_p)
-            found.append(x.amax(dim=-1, keepdim=True) + batch.log_min_p)
-        if batch.top_p is not None:
-            found.append(self._top_k_top_p_threshold(x, batch))
-        elif batch.top_k_index is not None:
-            found.append(_top_k_threshold(x.topk(batch.top_k_max, dim=-1).values, batch))
+        if batch.min_p is not None:
+            found.append(batch.min_p)  # p < min_p * p_max  <=>  w < min_p, as the max weight is 1
+        if batch.cut is not None:
+            if batch.uses_top_p:
+                found.append(self._top_p_threshold(w, batch, batch.cut))
+            else:
+                found.append(_top_k_threshold(w.topk(batch.top_k_max, dim=-1).values, batch.cut))
         if not found:
             return None
         return found[0] if len(found) == 1 else torch.maximum(found[0], found[1])
 
-    def _top_k_top_p_threshold(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        vocab = x.shape[1]
+    def _top_p_threshold(self, w: torch.Tensor, batch: SamplingBatch, cut: CutParams) -> torch.Tensor:
+        """Top-k and top-p thresholds of every row, from the K largest weights of each row."""
+        vocab = w.shape[1]
         first = self.top_p_candidates
         if first is None:
-            first = _CPU_TOP_P_CANDIDATES if x.device.type == "cpu" else vocab
+            first = _CPU_TOP_P_CANDIDATES if w.device.type == "cpu" else vocab
         k = min(vocab, max(first, batch.top_k_max))
-        log_mass = x.logsumexp(dim=-1, keepdim=True) if batch.top_p_full_mass else None
+        mass = w.sum(dim=-1, keepdim=True) if batch.top_p_full_mass else None
+        out = torch.empty_like(w[:, :1])
+        rows: torch.Tensor | None = None  # the rows still to do; None: all
         while True:
-            vals = x.sort(dim=-1, descending=True).values if k >= vocab else x.topk(k, dim=-1).values
-            top_k = _top_k_threshold(vals, batch)
-            top_p, covered = _top_p_threshold(vals, top_k, log_mass, batch)
-            if k >= vocab or bool(covered.all()):  # CPU only: a memory read, no device sync
-                return torch.maximum(top_k, top_p)
+            sub = w if rows is None else w.index_select(0, rows)
+            sub_cut = cut if rows is None else cut.select(rows)
+            sub_mass = mass if mass is None or rows is None else mass.index_select(0, rows)
+            vals = sub.sort(dim=-1, descending=True).values if k >= vocab else sub.topk(k, dim=-1).values
+            threshold, covered = _top_k_top_p_cut(vals, sub_cut, sub_mass)
+            if rows is None:
+                out = threshold
+            else:
+                out.index_copy_(0, rows, threshold)
+            if k >= vocab:
+                return out
+            todo = covered.squeeze(1).logical_not().nonzero().squeeze(1)  # CPU only: a memory read
+            if todo.numel() == 0:
+                return out
+            rows = todo if rows is None else rows[todo]
             k = min(vocab, k * 8)
 
 
@@ -311,7 +339,7 @@ def apply_logit_edits(x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         x.index_put_(batch.min_tokens_ban, torch.tensor(_NEG_INF, device=x.device))
     if batch.repetition is not None:
         rows, toks, penalty = batch.repetition
-        seen = x[rows, toks]  # tokens are unique per row, so one write per entry
+        seen = x[rows, toks]  # tokens are distinct per row, so one write per entry
         x.index_put_((rows, toks), torch.where(seen > 0, seen / penalty, seen * penalty))
     if batch.presence_frequency is not None:
         rows, toks, amount = batch.presence_frequency
@@ -319,47 +347,37 @@ def apply_logit_edits(x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return x
 
 
-def _top_k_threshold(vals: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """[S, 1]: the k-th largest logit (-inf where top-k is off). vals: [S, K] sorted descending."""
-    if batch.top_k_index is None or batch.top_k_on is None:
-        return vals.new_full((vals.shape[0], 1), _NEG_INF)
-    kth = vals.gather(1, batch.top_k_index)
-    return kth.masked_fill(~batch.top_k_on, _NEG_INF)
+def _top_k_threshold(vals: torch.Tensor, cut: CutParams) -> torch.Tensor:
+    """[R, 1]: the k-th largest weight (0 where top-k is off). vals: [R, K >= k] descending."""
+    return vals.gather(1, cut.top_k_index).masked_fill_(~cut.top_k_on, 0.0)
 
 
-def _top_p_threshold(
-    vals: torch.Tensor, top_k: torch.Tensor, log_mass: torch.Tensor | None, batch: SamplingBatch
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest kept logit of the top-p cut and whether the candidates cover it, both [S, 1].
+def _top_k_top_p_cut(vals: torch.Tensor, cut: CutParams, mass: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest weight kept by top-k then top-p, and whether the candidates cover the cut.
 
-    vals: [S, K] the K largest logits, descending; top_k: the top-k threshold (applied first, and
-    the distribution renormalized over what it keeps). Keeps the smallest prefix whose mass
-    reaches top_p, i.e. each token whose strictly higher-ranked mass is still below top_p.
+    vals: [R, K] the K largest weights of each row, descending; mass: [R, 1] each row's total
+    weight (None when every top-p row also has top-k). Top-k comes first and top-p works on what
+    it keeps, renormalized (HF order). Top-p keeps the smallest prefix whose mass reaches top_p:
+    each token whose strictly higher-ranked mass is still below top_p.
     """
-    assert batch.top_p is not None and batch.top_p_on is not None
-    in_top_k = vals >= top_k
-    masked = vals.masked_fill(~in_top_k, _NEG_INF)
-    log_norm = masked.logsumexp(dim=-1, keepdim=True)
-    if log_mass is not None:
-        log_norm = log_mass if batch.top_k_on is None else torch.where(batch.top_k_on, log_norm, log_mass)
-    probs = (masked - log_norm).exp()
-    cum = probs.cumsum(dim=-1)
+    top_k = _top_k_threshold(vals, cut)
+    kept = vals.masked_fill(vals < top_k, 0.0)
+    norm = kept.sum(dim=-1, keepdim=True)
+    if mass is not None:
+        norm = torch.where(cut.top_k_on, norm, mass)
+    cum = (kept / norm).cumsum(dim=-1)
     above = F.pad(cum[:, :-1], (1, 0))  # mass ranked strictly above each candidate
-    keep = (above < batch.top_p).sum(dim=-1, keepdim=True)  # >= 1: the top token is always kept
-    threshold = vals.gather(1, keep - 1).masked_fill(~batch.top_p_on, _NEG_INF)
-    covered = ~batch.top_p_on | (cum[:, -1:] >= batch.top_p)
-    if batch.top_k_on is not None:
-        covered = covered | batch.top_k_on  # K >= k: the whole renormalized top-k set is here
-    return threshold, covered
+    keep = (above < cut.top_p).sum(dim=-1, keepdim=True)  # >= 1: the top token always stays
+    top_p = vals.gather(1, keep - 1).masked_fill_(~cut.top_p_on, 0.0)
+    covered = ~cut.top_p_on | cut.top_k_on | (cum[:, -1:] >= cut.top_p)  # with top-k, K >= k
+    return torch.maximum(top_k, top_p), covered
 
 
-def sample_inverse_cdf(x: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Sample one token per row of logits x [S, V] (masked tokens at -inf); uniform: [S, 1] in [0, 1).
-
-    Token i is drawn when cdf[i-1] <= u * total < cdf[i], so it is never a zero-probability token.
-    """
-    weights = (x - x.amax(dim=-1, keepdim=True)).exp_()
-    cdf = weights.cumsum_(dim=-1)
+def sample_inverse_cdf(w: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row from unnormalized probabilities w [S, V] (consumed in place);
+    uniform: [S, 1] in [0, 1). Token i is drawn when cdf[i-1] <= u * total < cdf[i], so a token
+    of weight 0 is never drawn."""
+    cdf = w.cumsum_(dim=-1)
     target = uniform * cdf[:, -1:]
     ids = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    return ids.clamp_(max=x.shape[1] - 1)
+    return ids.clamp_(max=w.shape[1] - 1)
