@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 serve: $(STAMP)
-	$(VENV)/bin/kvserve serve $(ARGS)
+	$(PY) -m model $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.offline $(ARGS)

@@ -9,7 +9,14 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from model.engine.sampler import Sampler, SamplingBatch, SamplingRow, apply_logit_edits, seeded_uniform
+from model.engine.sampler import (
+    Sampler,
+    SamplingBatch,
+    SamplingRow,
+    apply_logit_edits,
+    seeded_uniform,
+    top_values,
+)
 from model.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
@@ -88,6 +95,18 @@ def test_bf16_logits() -> None:
 
 
 # ---------------------------------------------------------------- top-k / top-p / min-p masks
+
+
+@pytest.mark.parametrize("vocab", [4096, 4099, 300])  # two-stage, two-stage with a tail, plain
+@pytest.mark.parametrize("k", [1, 5, 20, 64])
+def test_top_values_match_topk(vocab: int, k: int) -> None:
+    x = logits_for(3, vocab, seed=k)
+    x[1, 100:] = x[1, :100].repeat(vocab // 100 + 1)[: vocab - 100] - 1.0  # repeated values
+    vals, idx = top_values(x, k)
+    want_vals, want_idx = x.topk(k, dim=-1)
+    assert torch.equal(vals, want_vals)
+    assert torch.equal(x.gather(1, idx), vals)
+    assert torch.equal(idx[0], want_idx[0]) and torch.equal(idx[2], want_idx[2])  # distinct values
 
 FILTER_CASES = [
     dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),

@@ -18,6 +18,7 @@ the engine reads the result with one `.tolist()` per step.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +84,7 @@ class SamplingBatch:
     """Per-row sampling inputs as tensors, plus flags that let the sampler skip unused work.
 
     Rows are split into greedy rows and sampled rows; the tensors of the sampling stage
-    (temperature, uniform, cut, min_p) are indexed by position among the sampled rows.
+    (inv_temperature, uniform, cut, min_p) are indexed by position among the sampled rows.
     """
 
     num_rows: int
@@ -99,7 +100,7 @@ class SamplingBatch:
     num_greedy: int
     num_sampled: int
     # Sampled rows, shape [S, 1]. None when no sampled row uses the feature.
-    temperature: torch.Tensor | None  # None: every sampled row has temperature 1
+    inv_temperature: torch.Tensor | None  # 1 / temperature; None: every sampled row has temperature 1
     uniform: torch.Tensor | None  # each row's random number in [0, 1); None when no row is sampled
     cut: CutParams | None  # None: no row uses top-k or top-p
     top_k_max: int  # largest k among rows with top-k on (0: none)
@@ -153,21 +154,20 @@ class _Builder:
     def add(self, i: int, row: SamplingRow) -> None:
         p = row.params
         if p.logit_bias:
-            for tok, val in p.logit_bias.items():
-                _append3(self.bias, i, int(tok), float(val))
+            _extend3(self.bias, i, [int(t) for t in p.logit_bias], [float(v) for v in p.logit_bias.values()])
         if len(row.output_token_ids) < p.min_tokens:
             banned = set(p.stop_token_ids or ())
             if not p.ignore_eos:
                 banned.update(row.eos_token_ids)
-            for tok in banned:
-                self.ban[0].append(i)
-                self.ban[1].append(tok)
+            self.ban[0].extend([i] * len(banned))
+            self.ban[1].extend(banned)
         if p.repetition_penalty != 1.0:
-            for tok in set(row.prompt_token_ids).union(row.output_token_ids):
-                _append3(self.rep, i, tok, p.repetition_penalty)
+            seen = set(row.prompt_token_ids).union(row.output_token_ids)
+            _extend3(self.rep, i, seen, [p.repetition_penalty] * len(seen))
         if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
-            for tok, count in Counter(row.output_token_ids).items():
-                _append3(self.pf, i, tok, p.frequency_penalty * count + p.presence_penalty)
+            counts = Counter(row.output_token_ids)
+            amounts = [p.frequency_penalty * c + p.presence_penalty for c in counts.values()]
+            _extend3(self.pf, i, counts.keys(), amounts)
         if p.logprobs is not None:
             self.max_logprobs = max(self.max_logprobs or 0, p.logprobs)
         if _is_greedy(p):
@@ -210,7 +210,7 @@ class _Builder:
             sampled_rows=subset(self.sampled),
             num_greedy=len(self.greedy),
             num_sampled=len(self.sampled),
-            temperature=column(self.temp) if any(t != 1.0 for t in self.temp) else None,
+            inv_temperature=column([1.0 / t for t in self.temp]) if any(t != 1.0 for t in self.temp) else None,
             uniform=column(self.uniform) if self.sampled else None,
             cut=cut,
             top_k_max=max(self.top_k, default=0),
@@ -221,10 +221,10 @@ class _Builder:
         )
 
 
-def _append3(lists: tuple[list[int], list[int], list[float]], row: int, tok: int, val: float) -> None:
-    lists[0].append(row)
-    lists[1].append(tok)
-    lists[2].append(val)
+def _extend3(lists: tuple[list[int], list[int], list[float]], row: int, toks: Iterable[int], vals: list[float]) -> None:
+    lists[0].extend([row] * len(vals))
+    lists[1].extend(toks)
+    lists[2].extend(vals)
 
 
 @dataclass
@@ -257,7 +257,11 @@ class Sampler:
         if batch.max_logprobs is not None:
             logprobs = raw.log_softmax(dim=-1)
             out.sampled_logprobs = logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1)
-            out.top_logprobs, out.top_ids = logprobs.topk(batch.max_logprobs, dim=-1)
+            if batch.max_logprobs > 0:
+                out.top_logprobs, out.top_ids = top_values(logprobs, batch.max_logprobs)
+            else:
+                out.top_logprobs = logprobs[:, :0]
+                out.top_ids = token_ids.new_empty((batch.num_rows, 0))
         return out
 
     def _choose(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -279,9 +283,10 @@ class Sampler:
     def weights(self, x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """Sampled rows' logits x [S, V] -> the unnormalized probabilities they are sampled from:
         exp((x / temperature) - max), 0 for tokens cut by top-k / top-p / min-p. x is not modified."""
-        if batch.temperature is not None:
-            x = x / batch.temperature
-        w = (x - x.amax(dim=-1, keepdim=True)).exp_()  # the top token has weight exactly 1
+        w = x - x.amax(dim=-1, keepdim=True)  # (x - max) / t == x / t - max(x / t) for t > 0
+        if batch.inv_temperature is not None:
+            w.mul_(batch.inv_temperature)
+        w.exp_()  # the top token has weight exactly 1
         threshold = self._keep_threshold(w, batch)
         if threshold is not None:
             w.masked_fill_(w < threshold, 0.0)
@@ -296,7 +301,7 @@ class Sampler:
             if batch.uses_top_p:
                 found.append(self._top_p_threshold(w, batch, batch.cut))
             else:
-                found.append(_top_k_threshold(w.topk(batch.top_k_max, dim=-1).values, batch.cut))
+                found.append(_top_k_threshold(top_values(w, batch.top_k_max)[0], batch.cut))
         if not found:
             return None
         return found[0] if len(found) == 1 else torch.maximum(found[0], found[1])
@@ -315,7 +320,7 @@ class Sampler:
             sub = w if rows is None else w.index_select(0, rows)
             sub_cut = cut if rows is None else cut.select(rows)
             sub_mass = mass if mass is None or rows is None else mass.index_select(0, rows)
-            vals = sub.sort(dim=-1, descending=True).values if k >= vocab else sub.topk(k, dim=-1).values
+            vals = top_values(sub, k)[0]
             threshold, covered = _top_k_top_p_cut(vals, sub_cut, sub_mass)
             if rows is None:
                 out = threshold
@@ -328,6 +333,29 @@ class Sampler:
                 return out
             rows = todo if rows is None else rows[todo]
             k = min(vocab, k * 8)
+
+
+def top_values(x: torch.Tensor, k: int, block: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row of x [R, V], descending, with their indices.
+
+    For small k it first takes the maximum of `block` strided slices (token j is in slice
+    j % (V // block)): the k slices with the largest maxima hold all of the k largest values, so
+    only k * block candidates go through topk. On CPU this is several times faster than topk over
+    the whole row."""
+    rows, vocab = x.shape
+    if k >= vocab:
+        return x.sort(dim=-1, descending=True)
+    slices = vocab // block
+    if k * block * 4 > vocab:
+        return x.topk(k, dim=-1)
+    main = x[:, : slices * block].view(rows, block, slices)
+    best = main.amax(dim=1).topk(k, dim=-1).indices  # [R, k] slice numbers
+    idx = (best.unsqueeze(2) + torch.arange(0, slices * block, slices, device=x.device)).view(rows, -1)
+    if slices * block < vocab:  # the last few tokens are candidates too
+        tail = torch.arange(slices * block, vocab, device=x.device).expand(rows, -1)
+        idx = torch.cat([idx, tail], dim=1)
+    vals, pos = x.gather(1, idx).topk(k, dim=-1)
+    return vals, idx.gather(1, pos)
 
 
 def apply_logit_edits(x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
