@@ -24,6 +24,7 @@ EOS = 2
 
 
 def row(seed: int = 0, prompt: list[int] | None = None, output: list[int] | None = None, **kw) -> SamplingRow:
+    """A row with the given SamplingParams fields."""
     kw.setdefault("max_tokens", 64)
     return SamplingRow(SamplingParams(**kw), seed, prompt or [1, 5, 7], output or [], [EOS])
 
@@ -55,7 +56,7 @@ def ref_warp(x: torch.Tensor, temperature: float, top_k: int, top_p: float, min_
                 break
             keep.add(i)
             mass += probs[i]
-        x = torch.tensor([v if i in keep else -math.inf for i, v in enumerate(x.tolist())], dtype=torch.float64)
+        x = torch.tensor([v if i in keep else -math.inf for i, v in enumerate(x.tolist())], dtype=x.dtype)
     if min_p > 0.0:
         probs = x.softmax(-1)
         x = torch.where(probs < min_p * probs.max(), -math.inf, x)
@@ -78,13 +79,14 @@ def test_greedy_is_argmax() -> None:
 
 
 def test_greedy_and_sampled_rows_mixed() -> None:
-    x = logits_for(6, 300, seed=1)
-    rows = [row(seed=i, temperature=0.0 if i % 2 else 1.0) for i in range(6)]
+    """Greedy rows, whole-vocabulary rows and top-k / top-p rows in one batch."""
+    x = logits_for(9, 300, seed=1)
+    kinds = [dict(temperature=0.0), dict(temperature=0.9), dict(temperature=1.2, top_p=0.8, top_k=30)]
+    rows = [row(seed=i, **kinds[i % 3]) for i in range(9)]
     ids = Sampler()(x, build(rows, 300)).token_ids.tolist()
-    for i in range(1, 6, 2):
-        assert ids[i] == int(x[i].argmax())
-    alone = [Sampler()(x[i : i + 1], build([rows[i]], 300)).token_ids.item() for i in range(0, 6, 2)]
-    assert ids[0::2] == alone
+    assert ids[0::3] == x[0::3].argmax(-1).tolist()
+    alone = [Sampler()(x[i : i + 1], build([rows[i]], 300)).token_ids.item() for i in range(9)]
+    assert ids == alone
 
 
 def test_bf16_logits() -> None:
@@ -126,12 +128,12 @@ def test_filters_match_reference(candidates: int | None) -> None:
     vocab = 500
     x = logits_for(len(FILTER_CASES), vocab, seed=2)
     batch = build([row(seed=i, **case) for i, case in enumerate(FILTER_CASES)], vocab)
-    weights = Sampler(top_p_candidates=candidates).weights(x, batch)
+    probs = Sampler(top_p_candidates=candidates).probabilities(x, batch)
     for i, case in enumerate(FILTER_CASES):
         ref = ref_warp(x[i], **case)
-        kept = weights[i] > 0
+        kept = probs[i] > 0
         assert torch.equal(kept, ref.isfinite()), (case, int(kept.sum()), int(ref.isfinite().sum()))
-        torch.testing.assert_close((weights[i] / weights[i].sum()).double(), ref.softmax(-1), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(probs[i].double(), ref.softmax(-1), atol=1e-6, rtol=1e-5)
 
 
 def test_filters_row_independent() -> None:
@@ -139,9 +141,9 @@ def test_filters_row_independent() -> None:
     vocab = 400
     x = logits_for(len(FILTER_CASES), vocab, seed=3)
     rows = [row(seed=i, **case) for i, case in enumerate(FILTER_CASES)]
-    together = Sampler(top_p_candidates=4).weights(x, build(rows, vocab))
+    together = Sampler(top_p_candidates=4).probabilities(x, build(rows, vocab))
     for i in range(len(rows)):
-        alone = Sampler(top_p_candidates=4).weights(x[i : i + 1], build([rows[i]], vocab))
+        alone = Sampler(top_p_candidates=4).probabilities(x[i : i + 1], build([rows[i]], vocab))
         assert torch.equal(together[i], alone[0])
 
 
@@ -166,7 +168,10 @@ def test_presence_frequency_formula() -> None:
     vocab = 40
     x = logits_for(2, vocab, seed=5)
     outputs = [[3, 3, 3, 7, 8, 8], [1]]
-    params = [dict(presence_penalty=0.5, frequency_penalty=0.25), dict(presence_penalty=-1.0, frequency_penalty=2.0)]
+    params = [
+        dict(presence_penalty=0.5, frequency_penalty=0.25),
+        dict(presence_penalty=-1.0, frequency_penalty=2.0),
+    ]
     rows = [row(prompt=[3, 9, 9], output=o, **p) for o, p in zip(outputs, params)]
     got = apply_logit_edits(x.clone(), build(rows, vocab))
     for i in range(2):
@@ -209,16 +214,18 @@ def test_min_tokens_masks_eos_and_stop_token_ids() -> None:
 
 
 def test_seeded_row_is_independent_of_batch_and_position() -> None:
+    sampler = Sampler()  # one instance: its reused work buffers must not leak between calls
     vocab = 1000
     target = logits_for(1, vocab, seed=7)[0]
     for seed in range(20):
         mine = row(seed=seed, output=[4] * 7, temperature=0.9, top_p=0.95)
         others_a = [row(seed=100 + j, temperature=0.0) for j in range(2)]
-        others_b = [row(seed=200 + j, top_k=3, min_p=0.1, repetition_penalty=1.5, logit_bias={3: 5.0}) for j in range(4)]
+        busy = dict(top_k=3, min_p=0.1, repetition_penalty=1.5, logit_bias={3: 5.0})
+        others_b = [row(seed=200 + j, **busy) for j in range(4)]
         xa = torch.cat([target[None], logits_for(2, vocab, seed=8)])
         xb = torch.cat([logits_for(3, vocab, seed=9), target[None], logits_for(1, vocab, seed=10)])
-        a = Sampler()(xa, build([mine] + others_a, vocab)).token_ids[0]
-        b = Sampler()(xb, build(others_b[:3] + [mine] + others_b[3:], vocab)).token_ids[3]
+        a = sampler(xa, build([mine] + others_a, vocab)).token_ids[0]
+        b = sampler(xb, build(others_b[:3] + [mine] + others_b[3:], vocab)).token_ids[3]
         assert a == b
 
 
@@ -255,6 +262,7 @@ def test_sampling_frequencies_match_distribution(vary: str) -> None:
 def test_filtered_sampling_frequencies(case: dict) -> None:
     vocab, n = 12, 12_000
     base = torch.tensor([3.0, 2.5, 2.2, 2.0, 1.5, 1.0, 0.7, 0.2, 0.0, -0.5, -1.0, -3.0])
+    base = base[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))]  # not in id order
     x = base.expand(n, -1)
     ids = Sampler(top_p_candidates=4)(x, build([row(seed=s, **case) for s in range(n)], vocab)).token_ids
     _assert_close_to(_frequencies(ids, vocab), ref_distribution(base, **case), n)
@@ -281,6 +289,30 @@ def test_logprobs_are_raw_log_softmax() -> None:
     torch.testing.assert_close(out.top_logprobs, want_lp)
     assert torch.equal(out.top_ids, want_ids)
     assert out.token_ids[2] == 7  # the bias acted on the choice, not on the reported logprobs
+
+
+def test_padded_logits_slice() -> None:
+    """The runner passes logits[:, :vocab] of a padded lm_head: a non-contiguous view."""
+    vocab = 4096
+    wide = logits_for(6, vocab + 64, seed=13)
+    rows = [row(seed=i, **case) for i, case in enumerate(FILTER_CASES[:5])] + [row(temperature=0.0, logprobs=3)]
+    a = Sampler()(wide[:, :vocab], build(rows, vocab))
+    b = Sampler()(wide[:, :vocab].contiguous(), build(rows, vocab))
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.top_ids, b.top_ids)
+
+
+def test_logits_are_not_modified() -> None:
+    x = logits_for(4, 200, seed=12)
+    before = x.clone()
+    rows = [
+        row(seed=1, temperature=0.7, repetition_penalty=1.3, logit_bias={5: 3.0}, logprobs=2),
+        row(seed=2, top_p=0.5, min_p=0.1),
+        row(temperature=0.0, presence_penalty=1.0, output=[3, 3]),
+        row(seed=3, min_tokens=5, temperature=1.5),
+    ]
+    Sampler()(x, build(rows, 200))
+    Sampler().probabilities(x, build(rows, 200))
+    assert torch.equal(x, before)
 
 
 # ---------------------------------------------------------------- cost

@@ -1,0 +1,1 @@
+"""The serving layer: request -> validated SamplingParams + token ids -> engine -> response or SSE."""

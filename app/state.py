@@ -1,0 +1,103 @@
+"""What the server knows at run time: settings, the engine (None while loading), admission, names."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from model import AsyncEngine
+
+from .errors import INVALID_REQUEST, UNAVAILABLE, APIError
+from .limits import Admission
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("kvserve")
+
+
+class ServerState:
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine | None = None
+        self.load_error: str | None = None
+        self.draining = False
+        self.admission = Admission(settings.max_queue)
+        self.served_names: list[str] = []
+        self.created = int(time.time())
+        self.metrics = Metrics(self)
+        self.on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
+        self.is_started: Callable[[], bool] | None = None  # set by the CLI: uvicorn is listening
+        if engine is not None:
+            self._set_engine(engine)
+
+    @property
+    def model_name(self) -> str | None:
+        return self.served_names[0] if self.served_names else None
+
+    def _set_engine(self, engine: AsyncEngine) -> None:
+        self.served_names = list(self.settings.served_model_names) or [engine.engine.served_name]
+        self.engine = engine
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Build and start the engine in a worker thread; the event loop keeps answering meanwhile."""
+        s = self.settings
+        what = s.model or "the embedded SmolLM2-135M-Instruct"
+        log.info("loading %s (dtype %s, device %s) ...", what, s.dtype, s.device)
+        t0 = time.monotonic()
+        try:
+            engine = await asyncio.to_thread(AsyncEngine, s.engine_config())
+            engine.start()
+        except Exception as exc:  # noqa: BLE001 - any load failure ends the server with one clear line
+            self.load_error = str(exc) or type(exc).__name__
+            log.error("cannot load the model: %s", self.load_error)
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return
+        self._set_engine(engine)
+        rt = engine.engine.runtime
+        log.info("model ready in %.1fs: %s, max_model_len %d, %d KV blocks of %d tokens",
+                 time.monotonic() - t0, self.model_name, rt.max_model_len, rt.num_blocks, rt.block_size)
+        while self.is_started is not None and not self.is_started():
+            await asyncio.sleep(0.05)
+        auth = " (API key required)" if s.api_keys else ""
+        log.info("serving %s at http://%s:%d/v1%s", self.model_name, s.host, s.port, auth)
+
+    def shutdown(self) -> None:
+        self.draining = True
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    # ---- per request -----------------------------------------------------------------------------
+
+    def health_error(self) -> APIError | None:
+        if self.load_error is not None:
+            return APIError(503, f"the model failed to load: {self.load_error}", UNAVAILABLE, None, "load_failed")
+        if self.engine is None:
+            return APIError(503, "the model is still loading", UNAVAILABLE, None, "model_loading",
+                            {"Retry-After": "2"})
+        if self.engine.is_dead:
+            return APIError(503, "the engine stopped after an internal error; restart the server",
+                            UNAVAILABLE, None, "engine_dead")
+        if self.draining:
+            return APIError(503, "the server is shutting down", UNAVAILABLE, None, "draining")
+        return None
+
+    def ready_engine(self) -> AsyncEngine:
+        """The engine, or a 503 while loading, draining or after engine death."""
+        err = self.health_error()
+        if err is not None:
+            raise err
+        assert self.engine is not None
+        return self.engine
+
+    def resolve_model(self, name: str | None) -> str:
+        """The name to echo in responses; 404 model_not_found for a name this server does not serve."""
+        if not name:
+            return self.served_names[0]
+        if name in self.served_names:
+            return name
+        raise APIError(404, f"The model '{name}' does not exist; this server serves {', '.join(self.served_names)}",
+                       INVALID_REQUEST, "model", "model_not_found")
