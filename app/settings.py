@@ -147,10 +147,10 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
     ("--host", "host", str, "127.0.0.1", "address to listen on", "one"),
     ("--port", "port", _port, 8000, "TCP port to listen on", "one"),
     ("--api-key", "api_keys", str, [],
-     "require this key as 'Authorization: Bearer KEY' on every route except /health and /version; "
-     "repeat for several keys (env: comma-separated)", "many"),
+     "require 'Authorization: Bearer KEY' on every route except /health and /version; repeat the flag "
+     "for several keys (env: comma-separated)", "many"),
     ("--served-model-name", "served_model_names", str, [],
-     "name(s) clients use in the 'model' field; the first is reported in responses "
+     "a name clients use in the 'model' field; repeatable, the first is the main one "
      f"(default: the model's own name, {DEFAULT_SERVED_NAME} for the embedded model)", "many"),
     ("--max-model-len", "max_model_len", _positive_int, None,
      "context length in tokens, prompt plus output (default: the model's limit)", "one"),
@@ -181,6 +181,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
     ("--log-level", "log_level", _choice("debug", "info", "warning", "error", "critical"), "info",
      "logging level (debug also logs every request)", "one"),
 ]
+
+
+_METAVARS = {"api_keys": "KEY", "served_model_names": "NAME", "chat_template_path": "FILE",
+             "allowed_origins": "ORIGIN", "kv_cache_memory": "SIZE", "max_body_bytes": "SIZE", "host": "HOST",
+             "port": "PORT", "dtype": "{auto,float32,bfloat16,float16}", "device": "{auto,cpu,cuda,cuda:N}",
+             "log_level": "{debug,info,warning,error,critical}"}
 
 
 def env_name(flag: str) -> str:
@@ -215,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help=text + suffix)
         elif kind == "many":
             serve.add_argument(flag, dest=dest, type=typ, action="append", default=None,
-                               metavar=dest.rstrip("s").upper(), help=text + " (repeatable)" + suffix)
+                               metavar=_METAVARS.get(dest), help=text + suffix)
         else:
-            serve.add_argument(flag, dest=dest, type=typ, default=None, help=text + suffix)
+            serve.add_argument(flag, dest=dest, type=typ, default=None, metavar=_METAVARS.get(dest, "N"),
+                               help=text + suffix)
     return parser
 
 

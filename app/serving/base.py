@@ -82,7 +82,6 @@ def build_sampling_params(req: SamplingRequest, max_tokens: int | None, logprobs
                           vocab_size: int) -> SamplingParams:
     try:
         params = req.to_sampling_params(max_tokens, logprobs)
-        params.check_token_ids(vocab_size)
     except ValueError as exc:
         message = str(exc)
         param = _param_of(message)
@@ -90,6 +89,10 @@ def build_sampling_params(req: SamplingRequest, max_tokens: int | None, logprobs
             param = "max_completion_tokens"
             message = message.replace("max_tokens", "max_completion_tokens", 1)
         raise bad_request(message, param) from None
+    for param, ids in (("stop_token_ids", params.stop_token_ids or ()), ("logit_bias", params.logit_bias or ())):
+        for tok in ids:
+            if not 0 <= tok < vocab_size:
+                raise bad_request(f"{param}: token id {tok} is outside the vocabulary (0..{vocab_size - 1})", param)
     return params
 
 

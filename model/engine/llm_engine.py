@@ -241,6 +241,8 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
         if not isinstance(stop_reason, str):
             seq.pending_text += seq.detokenizer.finish()
+            if seq.detokenizer.stopped and stop_reason is None:  # the released tail held a stop string
+                reason, stop_reason = "stop", seq.detokenizer.stop_reason
         self.scheduler.finish(seq, reason, stop_reason)
 
     def _make_logprobs(self, token: int, lp: tuple[float, list[int], list[float]]) -> TokenLogprobs:

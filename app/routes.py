@@ -1,0 +1,79 @@
+"""The HTTP routes: thin functions that hand over to the serving classes."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from . import __version__
+from .errors import INVALID_REQUEST, APIError, api_error_response
+from .metrics import CONTENT_TYPE_LATEST
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, model_card
+from .serving.chat import ChatServing
+from .serving.completions import CompletionServing
+from .serving.tokenize import TokenizeServing
+from .state import ServerState
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.kv
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """200 when serving; 503 while loading, draining or after engine death."""
+    err = _state(request).health_error()
+    if err is not None:
+        return api_error_response(err)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/version")
+async def version() -> Response:
+    return JSONResponse({"version": __version__})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _cards(state: ServerState) -> list[dict]:
+    engine = state.ready_engine()
+    root = engine.engine.model_path
+    max_len = engine.engine.runtime.max_model_len
+    return [model_card(name, state.created, root, max_len) for name in state.served_names]
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": _cards(_state(request))})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> Response:
+    for card in _cards(_state(request)):
+        if card["id"] == model_id:
+            return JSONResponse(card)
+    raise APIError(404, f"The model '{model_id}' does not exist", INVALID_REQUEST, "model", "model_not_found")
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    return await request.app.state.completions.create(body, request)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await request.app.state.chat.create(body, request)
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    return await request.app.state.tokenizing.tokenize(body)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
+    return await request.app.state.tokenizing.detokenize(body)

@@ -1,0 +1,201 @@
+"""POST /v1/completions: prompt forms (str, [str], [int], [[int]]) -> engine -> response or SSE.
+
+Each prompt is one engine request (all `n` choices of it in one stream); the prompts run
+concurrently and choice `index` = prompt_index * n + choice. Usage: every prompt's tokens once,
+every choice's generated tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from model import AsyncEngine, RequestOutput, SamplingParams
+
+from ..errors import bad_request
+from ..protocol import MAX_CHOICES, MAX_PROMPTS, SSE_DONE, CompletionRequest, completion_id, now, sse_frame, usage
+from .base import (
+    ClientGone,
+    Serving,
+    SSEResponse,
+    build_sampling_params,
+    check_common,
+    check_context,
+    check_text,
+    encode_checked,
+    error_frame,
+    finish_reason,
+    generation_error,
+    last_item,
+    merge_streams,
+    until_disconnect,
+)
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_PROMPT_FORMS = "a string, a list of strings, a list of token ids or a list of token-id lists"
+
+
+def _is_token(x: Any) -> bool:
+    return type(x) is int  # not bool
+
+
+def normalize_prompts(prompt: Any, vocab_size: int) -> list[str | list[int]]:
+    """The request's prompt(s) as a list of texts / token-id lists; 400 with a clear message if malformed."""
+    if prompt is None:
+        raise bad_request("'prompt' is required", "prompt")
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif isinstance(prompt, list):
+        if not prompt:
+            raise bad_request("the prompt is empty", "prompt")
+        if all(isinstance(p, str) for p in prompt):
+            items = list(prompt)
+        elif all(_is_token(t) for t in prompt):
+            items = [prompt]
+        elif all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt):
+            items = list(prompt)
+        else:
+            raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
+    else:
+        raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
+    if len(items) > MAX_PROMPTS:
+        raise bad_request(f"at most {MAX_PROMPTS} prompts are allowed in one request, got {len(items)}", "prompt")
+    for item in items:
+        if isinstance(item, str):
+            check_text(item, "prompt")
+            continue
+        if not item:
+            raise bad_request("a token-id prompt is empty", "prompt")
+        for tok in item:
+            if not 0 <= tok < vocab_size:
+                raise bad_request(f"prompt token id {tok} is outside the vocabulary (0..{vocab_size - 1})", "prompt")
+    return items
+
+
+class CompletionServing(Serving):
+    async def create(self, req: CompletionRequest, raw: Request) -> Response:
+        state = self.state
+        engine = state.ready_engine()
+        model_name = state.resolve_model(req.model)
+        rt = engine.engine.runtime
+        check_common(req)
+        prompts = normalize_prompts(req.prompt, rt.vocab_size)
+        if req.suffix:
+            raise bad_request("'suffix' is not supported", "suffix")
+        if req.echo and req.logprobs is not None:
+            raise bad_request("'echo' together with 'logprobs' needs prompt logprobs, which are not supported yet",
+                              "echo")
+        max_tokens = req.requested_max_tokens()
+        params = build_sampling_params(req, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+                                       req.logprobs, rt.vocab_size)
+        if req.best_of is not None and req.best_of != params.n:
+            raise bad_request("'best_of' is not supported (only best_of == n)", "best_of")
+        if len(prompts) * params.n > MAX_CHOICES:
+            raise bad_request(f"prompts x n may be at most {MAX_CHOICES}", "n")
+
+        state.admission.acquire()
+        try:
+            prepared = await asyncio.to_thread(self._tokenize, engine, prompts, req.echo)
+            for ids, _text in prepared:
+                check_context(len(ids), params.max_tokens, rt.max_model_len, "prompt")
+        except BaseException:
+            state.admission.release()
+            raise
+        request_id = completion_id()
+        created = now()
+        streams = [engine.generate(ids, params, f"{request_id}-{i}") for i, (ids, _) in enumerate(prepared)]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            body = self._stream(streams, request_id, created, model_name, params, prepared, req, include_usage)
+            return SSEResponse(body, on_close=state.admission.release)
+        try:
+            finals = await until_disconnect(raw, asyncio.gather(*(last_item(s) for s in streams)))
+        except ClientGone:
+            state.metrics.count_finished("abort")
+            return Response(status_code=499)
+        except Exception as exc:  # noqa: BLE001
+            raise generation_error(exc) from None
+        finally:
+            state.admission.release()
+        return JSONResponse(self._response(finals, request_id, created, model_name, params, prepared, req))
+
+    @staticmethod
+    def _tokenize(engine: AsyncEngine, prompts: list[str | list[int]], echo: bool) -> list[tuple[list[int], str]]:
+        tok = engine.tokenizer
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                out.append((encode_checked(tok, p, True, "prompt"), p))
+            else:
+                out.append((p, tok.decode(p, skip_special_tokens=False) if echo else ""))
+        return out
+
+    def _response(self, finals: list[RequestOutput], request_id: str, created: int, model_name: str,
+                  params: SamplingParams, prepared: list[tuple[list[int], str]], req: CompletionRequest) -> dict:
+        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for pi, out in enumerate(finals):
+            prompt_tokens += len(out.prompt_token_ids)
+            for c in out.outputs:
+                completion_tokens += len(c.token_ids)
+                logprobs = fmt.legacy(c.logprobs or [], 0)[0] if fmt is not None else None
+                reason = finish_reason(c.finish_reason)
+                self.state.metrics.count_finished(reason)
+                choices.append({
+                    "index": pi * params.n + c.index,
+                    "text": prepared[pi][1] + c.text if req.echo else c.text,
+                    "logprobs": logprobs,
+                    "finish_reason": reason,
+                    "stop_reason": c.stop_reason,
+                })
+        choices.sort(key=lambda ch: ch["index"])
+        return {"id": request_id, "object": "text_completion", "created": created, "model": model_name,
+                "choices": choices, "usage": usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
+
+    async def _stream(self, streams: list[AsyncIterator[RequestOutput]], request_id: str, created: int,
+                      model_name: str, params: SamplingParams, prepared: list[tuple[list[int], str]],
+                      req: CompletionRequest, include_usage: bool) -> AsyncIterator[bytes]:
+        n = params.n
+        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        num_choices = len(prepared) * n
+        done = [False] * num_choices
+        echo_pending = [req.echo] * num_choices
+        offsets = [0] * num_choices
+        completion_tokens = 0
+        head = {"id": request_id, "object": "text_completion", "created": created, "model": model_name}
+        try:
+            async for pi, out in merge_streams(streams):
+                for c in out.outputs:
+                    index = pi * n + c.index
+                    if done[index]:
+                        continue
+                    text = c.new_text
+                    if echo_pending[index]:
+                        text = prepared[pi][1] + text
+                        echo_pending[index] = False
+                    logprobs = None
+                    if fmt is not None and c.new_logprobs:
+                        logprobs, offsets[index] = fmt.legacy(c.new_logprobs, offsets[index])
+                    reason = finish_reason(c.finish_reason)
+                    if not text and reason is None and logprobs is None:
+                        continue
+                    if reason is not None:
+                        done[index] = True
+                        completion_tokens += len(c.token_ids)
+                        self.state.metrics.count_finished(reason)
+                    chunk: dict[str, Any] = {**head, "choices": [{
+                        "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
+                        "stop_reason": c.stop_reason if reason is not None else None,
+                    }]}
+                    if include_usage:
+                        chunk["usage"] = None
+                    yield sse_frame(chunk)
+            if include_usage:
+                prompt_tokens = sum(len(ids) for ids, _ in prepared)
+                yield sse_frame({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        except Exception as exc:  # noqa: BLE001 - reported in the stream; the status line is already sent
+            yield error_frame(exc)
+        yield SSE_DONE
