@@ -26,6 +26,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from .report import format_comparison, format_server_table, write_json, write_plot
@@ -150,10 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", default=None, metavar="PATH", help="write all results here")
     r.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: throughput and TTFT vs concurrency")
     r.add_argument("--per-request", action="store_true", help="include every request's timings in the JSON")
-    r.add_argument("--log-dir", default=os.path.join(REPO_ROOT, "bench", "results", "logs"),
-                   help="logs of started servers")
+    r.add_argument("--log-dir", default=os.path.join(tempfile.gettempdir(), "kvserve-bench"),
+                   help="where started servers' output goes, one NAME.log each (default: %(default)s)")
     r.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return ap
+
+
+def _program_name(argv: list[str] | None) -> str | None:
+    """'transformers' for ['env', 'X=1', '/venv/bin/transformers', 'serve', ...]."""
+    for word in argv or ():
+        if word != "env" and "=" not in word:
+            return os.path.basename(word)
+    return None
 
 
 def make_targets(args: argparse.Namespace, ap: argparse.ArgumentParser) -> list[Target]:
@@ -172,7 +181,7 @@ def make_targets(args: argparse.Namespace, ap: argparse.ArgumentParser) -> list[
             port = free_port()
             url = f"http://127.0.0.1:{port}/v1"
         argv = expand_command(cmd, port) if cmd.strip() else None
-        name = entry.get("name") or (os.path.basename(argv[0]) if argv else f"baseline{i + 1}")
+        name = entry.get("name") or _program_name(argv) or f"baseline{i + 1}"
         targets.append(Target(name, url, entry.get("model"), argv, entry.get("extra_body")))
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
@@ -244,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"Poisson {args.request_rate:g} req/s" if args.request_rate else "closed loop")
                 + (f", {args.num_requests} requests per level" if args.num_requests
                    else f", {args.requests_factor}xC requests per level"))
+    for path in (args.json, args.plot):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     if args.json:
         from .report import comparison
 

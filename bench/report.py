@@ -67,6 +67,8 @@ def summarize_level(level: "LevelRun") -> dict:
         "prompt_tokens_mean": _mean(prompt),
         "output_tokens_mean": _mean([r.output_tokens for r in ok]),
         "usage_missing": sum(not r.usage_reported for r in ok),
+        # the benchmark client's own CPU use: on a small machine it competes with the server
+        "client_cpu_pct": 100.0 * level.client_cpu_s / dur if level.duration > 0 else None,
     }
     for key, vals in (("ttft", ttft), ("itl", itl), ("tpot", tpot), ("e2e", e2e)):
         s[f"{key}_ms_mean"] = _ms(_mean(vals))
@@ -101,6 +103,7 @@ _COLUMNS = [  # (header, key, width, digits)
     ("E2E p99", "e2e_ms_p99", 9, None),
     ("in tok", "prompt_tokens_mean", 7, 0),
     ("out tok", "output_tokens_mean", 8, 0),
+    ("client CPU%", "client_cpu_pct", 12, 0),
 ]
 
 
@@ -168,7 +171,7 @@ def format_comparison(runs: list[dict]) -> str:
     if sum(bool(r.get("levels")) for r in runs) < 2:
         return ""
     ref = runs[0]["name"]
-    w = max(12, *(len(r["name"]) for r in runs), len(ref) + 8)
+    w = max(12, *(len(r["name"]) for r in runs), *(len(f"{ref}/{r['name']}") for r in runs[1:])) + 1
     lines = [f"Side by side (ratio rows: {ref} vs each other server; > 1 means {ref} is better: "
              "throughput ours/theirs, latency theirs/ours; times in ms)",
              "  " + "C".rjust(4) + "  " + "server".ljust(w) + "".join(h.rjust(11) for h, _, _, _ in _CMP)]
@@ -188,7 +191,7 @@ def format_comparison(runs: list[dict]) -> str:
                 continue
             cells = "".join((f"{row[k]:.2f}x" if row.get(k) is not None else ("" if hb is None else "-")).rjust(11)
                             for _, k, hb, _ in _CMP)
-            lines.append("  " + "".rjust(4) + "  " + f"{ref}/{row['other']}".ljust(w) + cells)
+            lines.append(("  " + "".rjust(4) + "  " + f"{ref}/{row['other']}".ljust(w) + cells).rstrip())
     return "\n".join(lines)
 
 

@@ -52,6 +52,7 @@ class LevelRun:
     planned: int
     duration: float
     stopped_early: bool
+    client_cpu_s: float = 0.0  # CPU time this benchmark process used during the level
 
 
 def _log(cfg: SweepConfig, msg: str) -> None:
@@ -65,6 +66,7 @@ async def run_level(client: httpx.AsyncClient, url: str, payloads: list[dict], c
     n = len(payloads)
     results: list[RequestResult | None] = [None] * n
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     deadline = t0 + max_duration
     stopped = False
 
@@ -106,7 +108,7 @@ async def run_level(client: httpx.AsyncClient, url: str, payloads: list[dict], c
     starts = [r.start for r in done if r.start]
     ends = [r.start + r.e2e for r in done if r.start and r.e2e is not None]
     duration = (max(ends) - min(starts)) if starts and ends else time.perf_counter() - t0
-    return LevelRun(concurrency, request_rate, done, n, duration, stopped)
+    return LevelRun(concurrency, request_rate, done, n, duration, stopped, time.process_time() - cpu0)
 
 
 async def detect_model(client: httpx.AsyncClient, base_url: str) -> str:
@@ -136,7 +138,8 @@ async def probe(client: httpx.AsyncClient, url: str, cfg: SweepConfig, model: st
 
 async def run_sweep(name: str, base_url: str, cfg: SweepConfig, model: str | None = None) -> dict:
     """The whole sweep against one server: model detection (`model` None: the first id of GET /models),
-    probe, warm-up, then each concurrency. Returns a JSON-ready dict (levels summarized); an unusable server gives `error` and no levels."""
+    probe, warm-up, then each concurrency. Returns a JSON-ready dict (levels summarized); a server that
+    cannot answer the probe gives `error` and no levels."""
     base_url = base_url.rstrip("/")
     url = base_url + endpoint_path(cfg.endpoint)
     out: dict = {"name": name, "base_url": base_url, "endpoint": cfg.endpoint, "model": model,
@@ -169,8 +172,9 @@ async def run_sweep(name: str, base_url: str, cfg: SweepConfig, model: str | Non
         if cfg.warmup > 0:
             warm_tokens = IntRange(min(16, cfg.max_tokens.hi), min(16, cfg.max_tokens.hi))
             t = time.perf_counter()
-            warm = await run_level(client, url, payloads(cfg.warmup, cfg.seed + 999_983, warm_tokens), cfg.warmup,
-                                   request_rate=None, timeout=cfg.timeout, max_duration=cfg.max_duration)
+            warm = await run_level(client, url, payloads(cfg.warmup, cfg.seed + 999_983, warm_tokens),
+                                   cfg.warmup, request_rate=None, timeout=cfg.timeout,
+                                   max_duration=cfg.max_duration)
             bad = sum(not r.ok for r in warm.results)
             _log(cfg, f"[{name}] warm-up: {cfg.warmup} requests in {time.perf_counter() - t:.1f} s"
                       + (f", {bad} failed" if bad else ""))
