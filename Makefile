@@ -18,10 +18,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 serve: $(STAMP)
-	$(PY) -m model $(ARGS)
+	$(VENV)/bin/kvserve serve $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.offline $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+.PHONY: docker-test
+# Build kvserve:latest, run it, chat with it through the openai SDK, stop it with SIGTERM (.ci/docker_test.sh).
+docker-test: $(STAMP)
+	PYTHON=$(PY) bash .ci/docker_test.sh

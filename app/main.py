@@ -10,33 +10,38 @@ import asyncio
 import logging
 import sys
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
-from fastapi import FastAPI
-
-from . import __version__
-from .auth import APIKeyMiddleware
-from .errors import install_error_handlers
-from .limits import BodySizeLimitMiddleware
-from .routes import router
-from .serving.chat import ChatServing
-from .serving.completions import CompletionServing
-from .serving.tokenize import TokenizeServing
 from .settings import Settings, build_parser, parse_settings
-from .state import ServerState
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("kvserve")
 
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     """The app for `settings`. Without `engine` it loads one in the background at start-up."""
+    # Imported here so that `kvserve --help` and flag errors answer at once (torch takes seconds to import).
+    from fastapi import FastAPI
+
+    from . import __version__
+    from .auth import APIKeyMiddleware
+    from .errors import install_error_handlers
+    from .limits import BodySizeLimitMiddleware
+    from .routes import router
+    from .serving.chat import ChatServing
+    from .serving.completions import CompletionServing
+    from .serving.tokenize import TokenizeServing
+    from .state import ServerState
+
     settings = settings or Settings()
     state = ServerState(settings, engine)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: "FastAPI") -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load()) if state.engine is None else None
         try:
             yield
@@ -75,7 +80,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     app = create_app(settings)
-    state: ServerState = app.state.kv
+    state = app.state.kv
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # SIGINT / SIGTERM: start draining

@@ -1,4 +1,4 @@
-"""The HTTP routes: thin functions that hand over to the serving classes."""
+"""The HTTP routes: thin functions that hand over to the serving classes (made in main.create_app)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -8,9 +8,6 @@ from . import __version__
 from .errors import INVALID_REQUEST, APIError, api_error_response
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, model_card
-from .serving.chat import ChatServing
-from .serving.completions import CompletionServing
-from .serving.tokenize import TokenizeServing
 from .state import ServerState
 
 router = APIRouter()

@@ -277,10 +277,6 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         if not template.strip():
             serve_parser.error(f"--chat-template {template_path!r} is empty")
     origins = [o.strip() for item in values.pop("allowed_origins") for o in item.split(",") if o.strip()]
-    settings = Settings(model=model, chat_template=template, chat_template_path=template_path,
-                        allowed_origins=origins, **values)
-    try:
-        settings.engine_config()
-    except ValueError as exc:
-        serve_parser.error(str(exc))
-    return settings
+    # Every value was checked by its flag's type; EngineConfig checks them again when the engine is built.
+    return Settings(model=model, chat_template=template, chat_template_path=template_path,
+                    allowed_origins=origins, **values)

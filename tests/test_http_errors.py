@@ -25,7 +25,6 @@ from http_server import (  # noqa: F401 (fixtures)
     ServerProcess,
     assert_error,
     base_url,
-    post_stream,
     tiny_server,
 )
 
@@ -101,6 +100,49 @@ CASES = [
     ("/v1/chat/completions", {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, None, "top_logprobs"),
     ("/v1/chat/completions", {"messages": USER, "n": 2, "min_tokens": 5, "max_tokens": 2}, 400, None, "min_tokens"),
 ]
+
+
+def test_503_while_loading(extra_servers):
+    """Right after start-up the server listens but the model is still loading: /health and the API say 503."""
+    server = extra_servers["env"]  # launched when this module started; nothing has waited for it yet
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(server.base_url + "/health", timeout=5)
+        except httpx.TransportError:
+            time.sleep(0.01)
+            continue
+        seen.append(r.status_code)
+        if r.status_code == 200:
+            break
+        err = assert_error(r, 503, "model_loading")
+        assert err["type"] == "service_unavailable_error"
+        r = post(server.base_url, "/v1/completions", {"prompt": "Hi"}, auth("env-key"))
+        if r.status_code == 503:
+            assert_error(r, 503, "model_loading")
+        time.sleep(0.01)
+    assert seen[0] == 503 and seen[-1] == 200, seen
+
+
+def test_503_after_engine_death():
+    """A dead engine thread turns /health and every API call into 503 engine_dead (in-process app)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    dead = SimpleNamespace(engine=SimpleNamespace(served_name="fake"), is_dead=True, shutdown=lambda: None)
+
+    async def run():
+        transport = httpx.ASGITransport(app=create_app(Settings(), engine=dead))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return [await c.get("/health"), await c.post("/v1/completions", json={"prompt": "Hi"}),
+                    await c.post("/v1/chat/completions", json={"messages": USER}), await c.get("/v1/models")]
+
+    for r in asyncio.run(run()):
+        assert_error(r, 503, "engine_dead", type="service_unavailable_error")
 
 
 def test_every_error_has_the_envelope(base_url):
@@ -209,22 +251,44 @@ def test_non_streaming_disconnect_aborts_and_frees_blocks(tiny_server):
 # ---------------------------------------------------------------------------------------------- restricted server
 
 
-@pytest.fixture(scope="module")
-def restricted_server(tiny_llama_dir, tmp_path_factory):
-    """API keys, an admission queue of 1, one sequence at a time, and a hostile chat template."""
+@pytest.fixture(scope="module", autouse=True)
+def extra_servers(tiny_llama_dir, tmp_path_factory):
+    """Two more servers, launched when this module starts so that they load while other tests run.
+
+    restricted: API keys, an admission queue of 1, one sequence at a time, and a hostile chat template.
+    env: a copy of the tiny model without a chat template, configured only through KVSERVE_* variables.
+    """
     tmp = tmp_path_factory.mktemp("hostile")
     marker = str(tmp / MARKER_NAME)
     template = tmp / "hostile.jinja"
     template.write_text(HOSTILE_TEMPLATE.replace("marker", repr(marker)))
-    server = ServerProcess([tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME, "--api-key", KEYS[0],
-                            "--api-key", KEYS[1], "--max-queue", "1", "--max-num-seqs", "1",
-                            "--chat-template", str(template)],
-                           env={"KVSERVE_API_KEY": "ignored-because-the-flag-wins"})
-    server.marker = marker
+    restricted = ServerProcess([tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME,
+                                "--api-key", KEYS[0], "--api-key", KEYS[1], "--max-queue", "1",
+                                "--max-num-seqs", "1", "--chat-template", str(template)],
+                               env={"KVSERVE_API_KEY": "ignored-because-the-flag-wins"})
+    restricted.marker = marker
+
+    path = tmp_path_factory.mktemp("no-template")
+    for name in os.listdir(tiny_llama_dir):
+        shutil.copy(os.path.join(tiny_llama_dir, name), path / name)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    env = {"KVSERVE_MODEL": str(path), "KVSERVE_SERVED_MODEL_NAME": "first,second", "KVSERVE_MAX_MODEL_LEN": "128",
+           "KVSERVE_API_KEY": "env-key", "KVSERVE_DTYPE": "float32", "KVSERVE_DEVICE": "cpu",
+           "KVSERVE_KV_CACHE_MEMORY": "4MiB", "KVSERVE_NUM_THREADS": "1",
+           "KVSERVE_ALLOWED_ORIGINS": "http://app.example"}
+    from_env = ServerProcess([], env=env)
     try:
-        yield server.wait_ready()
+        yield {"restricted": restricted, "env": from_env}
     finally:
-        server.stop()
+        restricted.stop()
+        from_env.stop()
+
+
+@pytest.fixture()
+def restricted_server(extra_servers):
+    return extra_servers["restricted"].wait_ready()
 
 
 def auth(key: str) -> dict[str, str]:
@@ -262,7 +326,9 @@ def test_queue_full_is_429_with_retry_after(restricted_server):
     restricted_server.wait_idle(headers=headers)
     body = {"prompt": "Hold the slot", "max_tokens": 400, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=30) as r:
-        assert next(r.iter_lines()).startswith("data: ")
+        lines = r.iter_lines()  # keep the iterator: dropping it closes the connection
+        first = next(lines)
+        assert first.startswith("data: ") and '"text"' in first, first
         for extra in ({"prompt": "Hi", "max_tokens": 1}, {"prompt": "Hi", "max_tokens": 1, "stream": True}):
             refused = post(url, "/v1/completions", extra, headers)
             assert_error(refused, 429, "rate_limit_exceeded")
@@ -288,23 +354,9 @@ def test_hostile_template_does_not_execute(restricted_server):
 # ---------------------------------------------------------------------------------------------- no template, env
 
 
-@pytest.fixture(scope="module")
-def env_server(tiny_llama_dir, tmp_path_factory):
-    """A copy of the tiny model without a chat template, configured only through KVSERVE_* variables."""
-    path = tmp_path_factory.mktemp("no-template")
-    for name in os.listdir(tiny_llama_dir):
-        shutil.copy(os.path.join(tiny_llama_dir, name), path / name)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    del config["chat_template"]
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    env = {"KVSERVE_MODEL": str(path), "KVSERVE_SERVED_MODEL_NAME": "first,second", "KVSERVE_MAX_MODEL_LEN": "128",
-           "KVSERVE_API_KEY": "env-key", "KVSERVE_DTYPE": "float32", "KVSERVE_DEVICE": "cpu",
-           "KVSERVE_KV_CACHE_MEMORY": "4MiB", "KVSERVE_NUM_THREADS": "1"}
-    server = ServerProcess([], env=env)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+@pytest.fixture()
+def env_server(extra_servers):
+    return extra_servers["env"].wait_ready()
 
 
 def test_env_vars_and_model_without_chat_template(env_server):
@@ -321,6 +373,13 @@ def test_env_vars_and_model_without_chat_template(env_server):
     assert post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, headers).json()["model"] == "first"
     assert_error(post(url, "/v1/completions", {"prompt": [5] * 120, "max_tokens": 9}, headers), 400,
                  "context_length_exceeded")
+    # CORS: a preflight from an allowed origin passes without a key; other origins get no CORS headers.
+    pre = httpx.options(url + "/v1/chat/completions", headers={
+        "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://app.example"
+    r = httpx.get(url + "/v1/models", headers={**headers, "Origin": "http://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
 # ---------------------------------------------------------------------------------------------- CLI
