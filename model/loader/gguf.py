@@ -212,6 +212,36 @@ def _can_dequantize(qtype: GGMLQuantizationType) -> bool:
     return True
 
 
+# Whole-tensor numpy dequantization of the common 32-element block formats: several times faster
+# than the gguf package's row-group loop, with the same results (the tests compare with it).
+def _scales(blocks: np.ndarray, start: int) -> np.ndarray:
+    return blocks[:, start : start + 2].copy().view(np.float16).astype(np.float32)
+
+
+def _nibbles(blocks: np.ndarray, start: int) -> np.ndarray:
+    q = blocks[:, start : start + 16]
+    return np.concatenate([q & 0x0F, q >> 4], axis=1).astype(np.float32)  # low nibbles hold elements 0..15
+
+
+def _dequant_q8_0(blocks: np.ndarray) -> np.ndarray:
+    return _scales(blocks, 0) * blocks[:, 2:].view(np.int8).astype(np.float32)
+
+
+def _dequant_q4_0(blocks: np.ndarray) -> np.ndarray:
+    return _scales(blocks, 0) * (_nibbles(blocks, 2) - 8.0)
+
+
+def _dequant_q4_1(blocks: np.ndarray) -> np.ndarray:
+    return _scales(blocks, 0) * _nibbles(blocks, 4) + _scales(blocks, 2)
+
+
+_FAST_DEQUANT = {
+    GGMLQuantizationType.Q8_0: _dequant_q8_0,
+    GGMLQuantizationType.Q4_0: _dequant_q4_0,
+    GGMLQuantizationType.Q4_1: _dequant_q4_1,
+}
+
+
 def read_tensor(f: Any, info: TensorInfo) -> np.ndarray:
     """One tensor from an open file, dequantized to float32 in HF shape."""
     raw = np.empty(info.n_bytes, dtype=np.uint8)
@@ -219,6 +249,9 @@ def read_tensor(f: Any, info: TensorInfo) -> np.ndarray:
     if f.readinto(memoryview(raw)) != info.n_bytes:
         raise ModelLoadError(f"{f.name}: tensor {info.name!r} is truncated (the file changed while loading?)")
     block, type_size = GGML_QUANT_SIZES[info.qtype]
+    fast = _FAST_DEQUANT.get(info.qtype)
+    if fast is not None:
+        return fast(raw.reshape(-1, type_size)).reshape(info.shape)
     rows = raw.reshape(*info.shape[:-1], info.shape[-1] // block * type_size)
     out = np.asarray(dequantize(rows, info.qtype), dtype=np.float32)
     return out.copy() if np.may_share_memory(out, raw) else out
