@@ -1,13 +1,18 @@
 """`kvserve serve`: the FastAPI app (create_app) and the command line (cli).
 
 The model loads in a worker thread after the server starts listening, so /health answers 503
-until it is ready. SIGTERM drains: /health turns 503, uvicorn stops accepting connections and lets
-running requests finish (up to 30 s), then the engine thread stops.
+until it is ready.
+
+SIGTERM (or SIGINT) drains: the socket stays open and new requests get 503 (`draining`), requests in
+flight may finish for up to --shutdown-timeout seconds, then the rest are aborted (streams end with
+an error event and [DONE]); then uvicorn closes the connections, the engine thread stops and the
+process exits with 0. A second signal skips the wait, a third stops at once.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator
@@ -19,7 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvserve")
 
-GRACEFUL_SHUTDOWN_S = 30
+# After the drain every generation request has ended; this only bounds other requests still open.
+CONNECTION_CLOSE_TIMEOUT_S = 3
 
 
 def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
@@ -31,6 +37,7 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     from .auth import APIKeyMiddleware
     from .errors import install_error_handlers
     from .limits import BodySizeLimitMiddleware
+    from .logs import RequestLogMiddleware, log_engine_stats
     from .routes import router
     from .serving.chat import ChatServing
     from .serving.completions import CompletionServing
@@ -43,12 +50,15 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     @asynccontextmanager
     async def lifespan(_app: "FastAPI") -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load()) if state.engine is None else None
+        stats = (asyncio.create_task(log_engine_stats(state, settings.log_stats_interval))
+                 if settings.log_stats_interval > 0 else None)
         try:
             yield
         finally:
             state.draining = True
-            if loader is not None and not loader.done():
-                loader.cancel()
+            for task in (loader, stats):
+                if task is not None and not task.done():
+                    task.cancel()
             await asyncio.to_thread(state.shutdown)
 
     app = FastAPI(title="kvserve", version=__version__, lifespan=lifespan,
@@ -59,7 +69,7 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     app.state.tokenizing = TokenizeServing(state)
     install_error_handlers(app)
     app.include_router(router)
-    # Added last = outermost: CORS, then API keys, then the body size limit.
+    # Added last = outermost: the request log (ids, status counts), CORS, API keys, the body size limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys)
@@ -67,13 +77,11 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials="*" not in settings.allowed_origins)
+                           allow_headers=["*"], allow_credentials="*" not in settings.allowed_origins,
+                           expose_headers=["X-Request-Id"])
+    app.add_middleware(RequestLogMiddleware, metrics=state.metrics,
+                       known_paths=[r.path for r in app.routes if "{" not in getattr(r, "path", "{")])
     return app
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
 def serve(settings: Settings) -> int:
@@ -83,13 +91,29 @@ def serve(settings: Settings) -> int:
     state = app.state.kv
 
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:  # SIGINT / SIGTERM: start draining
+        """uvicorn with a drain: on a signal it keeps listening (new requests get 503) until the requests
+        in flight are done or aborted, and it does not re-raise the signal afterwards (exit code 0)."""
+
+        signals = 0
+        drain_task: "asyncio.Task[None] | None" = None
+
+        def handle_exit(self, sig, frame) -> None:  # runs in the signal handler: only set flags
+            self.signals += 1
             state.draining = True
-            super().handle_exit(sig, frame)
+            if self.signals == 2:
+                state.hurry = True
+            elif self.signals > 2:
+                self.force_exit = self.should_exit = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.signals and self.drain_task is None:
+                self.drain_task = asyncio.ensure_future(state.drain(settings.shutdown_timeout))
+                self.drain_task.add_done_callback(lambda _t: setattr(self, "should_exit", True))
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            log_level=settings.log_level, access_log=settings.log_level == "debug",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
+                            log_level=settings.log_level, access_log=False,
+                            timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, lifespan="on")
     server = _Server(config)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     state.is_started = lambda: server.started
@@ -105,8 +129,16 @@ def cli(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     settings = parse_settings(argv[1:])
-    _configure_logging(settings.log_level)
-    return serve(settings)
+    from .logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    code = serve(settings)
+    # The server is done and every log line is written: skip the interpreter's teardown, which takes
+    # a second or two with torch loaded and would count against a container's stop timeout.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     allowed_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one JSON object per line)
+    log_prompts: bool = False  # put prompt text into the per-request log lines
+    log_stats_interval: float = 5.0  # seconds between engine-stats lines while busy; 0: off
+    shutdown_timeout: float = 8.0  # seconds in-flight requests may take to finish after SIGTERM
 
     def engine_config(self):
         """The EngineConfig these settings ask for (ValueError on a bad combination)."""
@@ -99,6 +103,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -179,14 +193,25 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
      "CORS origins allowed to call the API, e.g. http://localhost:3000 or '*'; repeat or comma-separate "
      "(default: none, no CORS headers)", "many"),
     ("--log-level", "log_level", _choice("debug", "info", "warning", "error", "critical"), "info",
-     "logging level (debug also logs every request)", "one"),
+     "logging level; every request gets one line at info", "one"),
+    ("--log-format", "log_format", _choice("text", "json"), "text",
+     "text (one readable line per record) or json (one JSON object per line)", "one"),
+    ("--log-prompts", "log_prompts", _bool, False,
+     "put the prompt (text or token ids) into each request's log line; off by default, prompts may be "
+     "private", "bool"),
+    ("--log-stats-interval", "log_stats_interval", _seconds, 5.0,
+     "seconds between engine-stats log lines while requests run (0: none)", "one"),
+    ("--shutdown-timeout", "shutdown_timeout", _seconds, 8.0,
+     "on SIGTERM/SIGINT, seconds in-flight requests may take to finish (new ones get 503) before the rest "
+     "are aborted", "one"),
 ]
 
 
 _METAVARS = {"api_keys": "KEY", "served_model_names": "NAME", "chat_template_path": "FILE",
              "allowed_origins": "ORIGIN", "kv_cache_memory": "SIZE", "max_body_bytes": "SIZE", "host": "HOST",
              "port": "PORT", "dtype": "{auto,float32,bfloat16,float16}", "device": "{auto,cpu,cuda,cuda:N}",
-             "log_level": "{debug,info,warning,error,critical}"}
+             "log_level": "{debug,info,warning,error,critical}", "log_format": "{text,json}",
+             "log_stats_interval": "SECONDS", "shutdown_timeout": "SECONDS"}
 
 
 def env_name(flag: str) -> str:

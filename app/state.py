@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from model import AsyncEngine
 
@@ -14,6 +15,35 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("kvserve")
+T = TypeVar("T")
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a daemon thread (unlike asyncio.to_thread, a shutdown during a long model load
+    does not wait for the load to finish)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:  # the event loop is closed: the server has gone
+            pass
+
+    threading.Thread(target=run, name="kvserve-load", daemon=True).start()
+    return await future
 
 
 class ServerState:
@@ -21,7 +51,9 @@ class ServerState:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self.load_error: str | None = None
-        self.draining = False
+        self.draining = False  # set on SIGTERM: new requests get 503, in-flight ones may finish
+        self.aborting = False  # set when the drain times out: requests still running are aborted
+        self.hurry = False  # set by a second signal: stop waiting for in-flight requests
         self.admission = Admission(settings.max_queue)
         self.served_names: list[str] = []
         self.created = int(time.time())
@@ -37,6 +69,7 @@ class ServerState:
 
     def _set_engine(self, engine: AsyncEngine) -> None:
         self.served_names = list(self.settings.served_model_names) or [engine.engine.served_name]
+        self.metrics.bind_model(self.served_names[0])
         self.engine = engine
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -48,7 +81,7 @@ class ServerState:
         log.info("loading %s (dtype %s, device %s) ...", what, s.dtype, s.device)
         t0 = time.monotonic()
         try:
-            engine = await asyncio.to_thread(AsyncEngine, s.engine_config())
+            engine = await _in_daemon_thread(AsyncEngine, s.engine_config())
             engine.start()
         except Exception as exc:  # noqa: BLE001 - any load failure ends the server with one clear line
             self.load_error = str(exc) or type(exc).__name__
@@ -64,6 +97,34 @@ class ServerState:
             await asyncio.sleep(0.05)
         auth = " (API key required)" if s.api_keys else ""
         log.info("serving %s at http://%s:%d/v1%s", self.model_name, s.host, s.port, auth)
+
+    async def drain(self, timeout: float) -> None:
+        """After SIGTERM: let generation requests in flight finish for up to `timeout` seconds (or until a
+        second signal sets `hurry`), then abort the rest; their streams end with an error event and
+        [DONE], non-streaming ones get a 503. Returns when no generation request is in flight."""
+        self.draining = True
+        admission = self.admission
+        loop = asyncio.get_running_loop()
+        if admission.in_flight:
+            log.info("shutting down: waiting up to %gs for %d request(s) in flight; new requests get 503",
+                     timeout, admission.in_flight)
+        else:
+            log.info("shutting down: no request in flight")
+            return
+        deadline = loop.time() + timeout
+        while admission.in_flight and not self.hurry and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if admission.in_flight:
+            self.aborting = True
+            aborted = self.engine.abort_all("the server is shutting down") if self.engine is not None else 0
+            log.warning("shutdown: %s; aborted %d engine request(s) of %d HTTP request(s) still running",
+                        "second signal" if self.hurry else f"timeout of {timeout:g}s reached", aborted,
+                        admission.in_flight)
+            deadline = loop.time() + 2.0
+            while admission.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        else:
+            log.info("shutdown: every request finished")
 
     def shutdown(self) -> None:
         self.draining = True

@@ -5,11 +5,11 @@
     print(llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=16))[0].text)
 """
 from .config import EngineConfig, ModelConfig
-from .engine.async_engine import AsyncEngine, EngineDeadError
+from .engine.async_engine import AsyncEngine, EngineDeadError, RequestAbortedError
 from .engine.llm import LLM
 from .engine.llm_engine import LLMEngine
 from .loader import ModelLoadError
-from .outputs import CompletionOutput, Logprob, RequestOutput, TokenLogprobs
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
 from .sampling_params import SamplingParams
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "ModelLoadError",
     "SamplingParams",
     "RequestOutput",
+    "RequestMetrics",
+    "RequestAbortedError",
     "CompletionOutput",
     "Logprob",
     "TokenLogprobs",

@@ -40,6 +40,19 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """When the engine saw the request (time.monotonic() seconds, the engine's clock).
+
+    first_scheduled_time: when its first prefill chunk was scheduled (None while it waits), so
+    queue time = first_scheduled_time - arrival_time. first_token_time: its first sampled token.
+    """
+
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -47,6 +60,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    metrics: RequestMetrics | None = None  # engine-side timestamps (for queue-time metrics)
 
     # Convenience for the common n=1 case: `out.text`, `out.token_ids`, `out.finish_reason`.
     @property

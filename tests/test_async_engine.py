@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from model import AsyncEngine, EngineConfig, EngineDeadError, LLMEngine, SamplingParams
+from model import AsyncEngine, EngineConfig, EngineDeadError, LLMEngine, RequestAbortedError, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
 
@@ -95,3 +95,33 @@ def test_engine_death_is_reported(tiny_llama_dir):
         assert engine.is_dead
     finally:
         engine.shutdown()
+
+
+def test_abort_all_ends_every_stream(async_engine):
+    """The shutdown hook: every open stream raises RequestAbortedError and its blocks are freed."""
+    async def main():
+        params = SamplingParams(max_tokens=400, ignore_eos=True)
+        started = asyncio.Event()
+
+        async def consume(prompt):
+            with pytest.raises(RequestAbortedError, match="going away"):
+                async for _ in async_engine.generate(prompt, params):
+                    started.set()
+
+        tasks = [asyncio.ensure_future(consume([5 + i, 6, 7])) for i in range(3)]
+        await started.wait()
+        assert async_engine.abort_all("going away") == 3
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(main())
+    wait_idle(async_engine)
+
+
+def test_outputs_carry_engine_timestamps(async_engine):
+    outs = asyncio.run(collect(async_engine, [5, 6, 7], GREEDY))
+    for out in outs:
+        m = out.metrics
+        assert m is not None and m.first_scheduled_time is not None and m.first_token_time is not None
+        assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time
+    assert len({(o.metrics.arrival_time, o.metrics.first_scheduled_time) for o in outs}) == 1
+    wait_idle(async_engine)

@@ -19,9 +19,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
-from model import EngineDeadError, SamplingParams, TokenLogprobs
+from model import EngineDeadError, RequestAbortedError, RequestOutput, SamplingParams, TokenLogprobs
 
 from ..errors import INVALID_REQUEST, SERVER_ERROR, UNAVAILABLE, APIError, bad_request, context_length_exceeded
+from ..logs import RequestInfo, request_info
 from ..protocol import SamplingRequest, clean_logprob, sse_frame
 from ..state import ServerState
 
@@ -115,6 +116,9 @@ def generation_error(exc: BaseException) -> APIError:
     """An engine-side failure as an APIError (engine death 503, a refused request 400, else 500)."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, RequestAbortedError):
+        return APIError(503, "the server shut down before the request finished; retry it", UNAVAILABLE, None,
+                        "shutdown_timeout")
     if isinstance(exc, EngineDeadError):
         return APIError(503, "the engine stopped after an internal error; restart the server",
                         UNAVAILABLE, None, "engine_dead")
@@ -284,6 +288,23 @@ class Serving:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self._formatters: dict[bool, LogprobFormatter] = {}
+
+    def request_info(self, raw: Request, completion_id: str, stream: bool, prompt: Any) -> RequestInfo | None:
+        """The request log's record of this request, filled in with what the serving class knows."""
+        info = request_info(raw)
+        if info is not None:
+            info.completion_id = completion_id
+            info.stream = stream
+            if self.state.settings.log_prompts:
+                info.prompt = prompt
+        return info
+
+    def generate(self, ids: list[int], params: SamplingParams, engine_request_id: str,
+                 info: RequestInfo | None) -> AsyncIterator[RequestOutput]:
+        """The engine's output stream for one prompt, with its timings and outcome recorded in the metrics."""
+        assert self.state.engine is not None
+        stream = self.state.engine.generate(ids, params, engine_request_id)
+        return self.state.metrics.track(stream, params.n, len(ids), info)
 
     def formatter(self, as_token_ids: bool) -> LogprobFormatter:
         fmt = self._formatters.get(as_token_ids)

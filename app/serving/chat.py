@@ -115,7 +115,8 @@ class ChatServing(Serving):
             raise
         request_id = chat_completion_id()
         created = now()
-        stream = engine.generate(ids, params, request_id)
+        info = self.request_info(raw, request_id, bool(req.stream), messages)
+        stream = self.generate(ids, params, request_id, info)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = self._stream(stream, request_id, created, model_name, params, len(ids), req, include_usage)
@@ -123,7 +124,6 @@ class ChatServing(Serving):
         try:
             final = await until_disconnect(raw, last_item(stream))
         except ClientGone:
-            state.metrics.count_finished("abort")
             return Response(status_code=499)
         except Exception as exc:  # noqa: BLE001
             raise generation_error(exc) from None
@@ -139,7 +139,6 @@ class ChatServing(Serving):
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             reason = finish_reason(c.finish_reason)
-            self.state.metrics.count_finished(reason)
             choices.append({
                 "index": c.index,
                 "message": {"role": "assistant", "content": c.text},
@@ -177,7 +176,6 @@ class ChatServing(Serving):
                     if reason is not None:
                         done[c.index] = True
                         completion_tokens += len(c.token_ids)
-                        self.state.metrics.count_finished(reason)
                     delta = {"content": c.new_text} if c.new_text else {}
                     choice: dict[str, Any] = {"index": c.index, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": reason}

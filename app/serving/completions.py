@@ -105,7 +105,8 @@ class CompletionServing(Serving):
             raise
         request_id = completion_id()
         created = now()
-        streams = [engine.generate(ids, params, f"{request_id}-{i}") for i, (ids, _) in enumerate(prepared)]
+        info = self.request_info(raw, request_id, bool(req.stream), prompts[0] if len(prompts) == 1 else prompts)
+        streams = [self.generate(ids, params, f"{request_id}-{i}", info) for i, (ids, _) in enumerate(prepared)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = self._stream(streams, request_id, created, model_name, params, prepared, req, include_usage)
@@ -113,7 +114,6 @@ class CompletionServing(Serving):
         try:
             finals = await until_disconnect(raw, asyncio.gather(*(last_item(s) for s in streams)))
         except ClientGone:
-            state.metrics.count_finished("abort")
             return Response(status_code=499)
         except Exception as exc:  # noqa: BLE001
             raise generation_error(exc) from None
@@ -143,7 +143,6 @@ class CompletionServing(Serving):
                 completion_tokens += len(c.token_ids)
                 logprobs = fmt.legacy(c.logprobs or [], 0)[0] if fmt is not None else None
                 reason = finish_reason(c.finish_reason)
-                self.state.metrics.count_finished(reason)
                 choices.append({
                     "index": pi * params.n + c.index,
                     "text": prepared[pi][1] + c.text if req.echo else c.text,
@@ -185,7 +184,6 @@ class CompletionServing(Serving):
                     if reason is not None:
                         done[index] = True
                         completion_tokens += len(c.token_ids)
-                        self.state.metrics.count_finished(reason)
                     chunk: dict[str, Any] = {**head, "choices": [{
                         "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
                         "stop_reason": c.stop_reason if reason is not None else None,

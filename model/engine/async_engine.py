@@ -25,6 +25,10 @@ class EngineDeadError(RuntimeError):
     """The engine thread stopped after an internal error; the server must be restarted."""
 
 
+class RequestAbortedError(RuntimeError):
+    """The request was aborted by the server (`AsyncEngine.abort_all`, e.g. at the end of a shutdown drain)."""
+
+
 class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -104,6 +108,16 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
         self._wakeup.set()
+
+    def abort_all(self, reason: str = "the server aborted the request") -> int:
+        """End every request in flight: each `generate` iterator raises RequestAbortedError(reason)
+        (its cleanup aborts the engine request and frees its blocks). Returns how many were ended.
+        Thread-safe."""
+        with self._lock:
+            ids = list(self._streams)
+        for request_id in ids:
+            self._deliver_one(request_id, RequestAbortedError(reason))
+        return len(ids)
 
     # ---- engine thread --------------------------------------------------------------------------
 

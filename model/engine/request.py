@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..outputs import CompletionOutput, RequestOutput
+from ..outputs import CompletionOutput, RequestMetrics, RequestOutput
 from ..sampling_params import SamplingParams
 from .sequence import Sequence
 
@@ -47,4 +47,17 @@ class Request:
             outputs=outputs,
             finished=self.finished,
             num_cached_tokens=self.seqs[0].num_cached_tokens,
+            metrics=self._metrics(),
         )
+
+    def _metrics(self) -> RequestMetrics:
+        seqs = self.seqs
+        if len(seqs) == 1:
+            return RequestMetrics(self.arrival_time, seqs[0].first_scheduled_time, seqs[0].first_token_time)
+        return RequestMetrics(self.arrival_time, _earliest([s.first_scheduled_time for s in seqs]),
+                              _earliest([s.first_token_time for s in seqs]))
+
+
+def _earliest(times: list[float | None]) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

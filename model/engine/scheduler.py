@@ -7,6 +7,7 @@ and it goes back to the front of the queue to be recomputed later (prefix cachin
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -96,6 +97,8 @@ class Scheduler:
                     break
             self.waiting.popleft()
             self.blocks.allocate(seq, num_new)
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = time.monotonic()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new))

@@ -41,6 +41,7 @@ class Sequence:
     logprobs: list[TokenLogprobs] | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
+    first_scheduled_time: float | None = None  # when its first prefill chunk was scheduled
     # Emitted since the last RequestOutput (for streaming deltas).
     pending_text: str = ""
     pending_token_ids: list[int] = field(default_factory=list)
