@@ -298,7 +298,7 @@ def test_sigterm_drains_then_exits_0(tiny_llama_dir):
         long.start()
         assert long.started.wait(30)
         plain.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: CI machines can be loaded
         while Scrape(url).value("kvserve:requests_in_flight") < 3:
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -315,7 +315,7 @@ def test_sigterm_drains_then_exits_0(tiny_llama_dir):
         for t in (short, long, plain):
             t.join(10)
         assert rc == 0, server.output()[-3000:]
-        assert elapsed < timeout + 5, elapsed
+        assert elapsed < timeout + 8, elapsed
 
         # The short request finished normally during the drain.
         assert short.status == 200
