@@ -15,6 +15,7 @@ import torch
 
 from ..config import EngineConfig
 from ..detokenizer import IncrementalDetokenizer
+from ..layers.cpu_linear import accelerate_cpu_linears
 from ..loader import load_checkpoint
 from ..models.registry import model_class
 from ..outputs import Logprob, RequestOutput, TokenLogprobs
@@ -117,6 +118,8 @@ class LLMEngine:
         if ckpt.config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model.load_weights(ckpt.weights())
+        if device.type == "cpu" and dtype == torch.float32:
+            accelerate_cpu_linears(model, ("lm_head", "gate_up_proj"))
         return model.eval()
 
     # ---- requests -------------------------------------------------------------------------------
