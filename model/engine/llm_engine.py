@@ -17,6 +17,7 @@ from ..config import EngineConfig
 from ..detokenizer import IncrementalDetokenizer
 from ..layers.cpu_linear import accelerate_cpu_linears
 from ..loader import load_checkpoint
+from ..models.materialize import materialize
 from ..models.registry import model_class
 from ..outputs import Logprob, RequestOutput, TokenLogprobs
 from ..sampling_params import SamplingParams
@@ -111,12 +112,7 @@ class LLMEngine:
     def _build_model(ckpt, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
         with torch.device("meta"):
             model = model_class(ckpt.config)(ckpt.config)
-        model = model.to_empty(device=device).to(dtype)
-        model.model.rotary.inv_freq = type(model.model.rotary)(
-            ckpt.config.head_dim, ckpt.config.rope_theta, ckpt.config.rope_scaling
-        ).inv_freq.to(device)
-        if ckpt.config.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
+        model = materialize(model, device, dtype)  # the rotary buffer was computed on the CPU, not meta
         model.load_weights(ckpt.weights())
         if device.type == "cpu" and dtype == torch.float32:
             accelerate_cpu_linears(model, ("lm_head", "gate_up_proj"))

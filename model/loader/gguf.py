@@ -112,7 +112,26 @@ class _Cursor:
             self.pos += count * width
             return out
         self.need(count * 8, f"{what} ({count} elements)")  # each string/array element takes >= 8 bytes
+        if etype == GGUFValueType.STRING:
+            return self.strings(count, what)
         return [self.value(etype, what, depth + 1) for _ in range(count)]
+
+    def strings(self, count: int, what: str) -> list[str]:
+        """A string array (vocabularies, merges: ~50k entries) in one tight loop."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        length_at = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            (n,) = length_at(buf, pos)
+            if pos + 8 + n > size:
+                break
+            out.append(buf[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"))
+            pos += 8 + n
+        self.pos = pos
+        if len(out) < count:
+            raise self.fail(f"{what} runs past the end of the file ({self.size} bytes); truncated or corrupt")
+        return out
 
 
 def read_header(path: str) -> GGUFHeader:
