@@ -33,6 +33,7 @@ class Settings:
     kv_cache_memory: int | None = None
     gpu_memory_utilization: float = 0.85
     num_threads: int | None = None
+    quantization: str = "none"  # none | fp16 (float16 weights, float32 math; CPU)
     enable_prefix_caching: bool = True
     chat_template: str | None = None  # the template text read from --chat-template FILE
     chat_template_path: str | None = None
@@ -61,6 +62,7 @@ class Settings:
             gpu_memory_utilization=self.gpu_memory_utilization,
             enable_prefix_caching=self.enable_prefix_caching,
             num_threads=self.num_threads,
+            quantization=None if self.quantization == "none" else self.quantization,
             chat_template=self.chat_template,
         )
 
@@ -181,6 +183,10 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
     ("--gpu-memory-utilization", "gpu_memory_utilization", _fraction, 0.85,
      "fraction of free CUDA memory for the KV cache", "one"),
     ("--num-threads", "num_threads", _positive_int, None, "torch threads on CPU (default: all cores)", "one"),
+    ("--quantization", "quantization", _choice("none", "fp16"), "none",
+     "fp16: keep weights in float16 and multiply them in float32 with fbgemm (x86 CPU, dtype float32); "
+     "half the weight memory and 1.3-1.6x faster decode on CPUs without AMX, at a 2^-11 weight rounding",
+     "one"),
     ("--enable-prefix-caching", "enable_prefix_caching", _bool, True,
      "reuse KV blocks of identical prompt prefixes (--no-enable-prefix-caching to turn off)", "bool"),
     ("--chat-template", "chat_template_path", str, None,
@@ -209,7 +215,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
 
 _METAVARS = {"api_keys": "KEY", "served_model_names": "NAME", "chat_template_path": "FILE",
              "allowed_origins": "ORIGIN", "kv_cache_memory": "SIZE", "max_body_bytes": "SIZE", "host": "HOST",
-             "port": "PORT", "dtype": "{auto,float32,bfloat16,float16}", "device": "{auto,cpu,cuda,cuda:N}",
+             "port": "PORT", "dtype": "{auto,float32,bfloat16,float16}", "device": "{auto,cpu,cuda,cuda:N}", "quantization": "{none,fp16}",
              "log_level": "{debug,info,warning,error,critical}", "log_format": "{text,json}",
              "log_stats_interval": "SECONDS", "shutdown_timeout": "SECONDS"}
 

@@ -34,6 +34,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; None: all cores
     chat_template: str | None = None  # a Jinja template text that overrides the model's
     attention_backend: str = "auto"  # auto | torch_ref | sdpa
+    quantization: str | None = None  # None | "fp16": float16 weights, float32 math (CPU, fbgemm)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -51,6 +52,8 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.attention_backend not in ("auto", "torch_ref", "sdpa"):
             raise ValueError(f"attention_backend must be auto, torch_ref or sdpa, not {self.attention_backend!r}")
+        if self.quantization not in (None, "fp16"):
+            raise ValueError(f"quantization must be fp16 or unset, not {self.quantization!r}")
 
 
 @dataclass(frozen=True)

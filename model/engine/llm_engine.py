@@ -16,6 +16,7 @@ import torch
 from ..config import EngineConfig
 from ..detokenizer import IncrementalDetokenizer
 from ..layers.cpu_linear import accelerate_cpu_linears
+from ..layers.fp16_weights import use_fp16_weights
 from ..loader import load_checkpoint
 from ..models.materialize import materialize
 from ..models.registry import model_class
@@ -62,9 +63,14 @@ class LLMEngine:
         self.chat_template = config.chat_template or self.tokenizer.chat_template
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
+        if config.quantization == "fp16" and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError(
+                "quantization 'fp16' (float16 weights, float32 math) runs on the CPU in float32: "
+                f"use device cpu and dtype float32 or auto, not {device.type} / {str(dtype).removeprefix('torch.')}"
+            )
         if device.type == "cpu":
             torch.set_num_threads(config.num_threads or num_threads_default())
-        model = self._build_model(ckpt, device, dtype)
+        model = self._build_model(ckpt, device, dtype, config.quantization)
 
         cfg = ckpt.config
         max_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -103,18 +109,21 @@ class LLMEngine:
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         log.info(
-            "loaded %s (%s) on %s in %s: %d KV blocks of %d tokens, max_model_len %d, %.1fs",
+            "loaded %s (%s) on %s in %s%s: %d KV blocks of %d tokens, max_model_len %d, %.1fs",
             self.served_name, cfg.architecture, device, str(dtype).removeprefix("torch."),
+            " with float16 weights" if config.quantization == "fp16" else "",
             num_blocks, config.block_size, max_len, time.monotonic() - t0,
         )
 
     @staticmethod
-    def _build_model(ckpt, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    def _build_model(ckpt, device: torch.device, dtype: torch.dtype, quantization: str | None) -> torch.nn.Module:
         with torch.device("meta"):
             model = model_class(ckpt.config)(ckpt.config)
         model = materialize(model, device, dtype)  # the rotary buffer was computed on the CPU, not meta
         model.load_weights(ckpt.weights())
-        if device.type == "cpu" and dtype == torch.float32:
+        if quantization == "fp16":
+            use_fp16_weights(model)
+        elif device.type == "cpu" and dtype == torch.float32:
             accelerate_cpu_linears(model, ("lm_head", "gate_up_proj"))
         return model.eval()
 
