@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionMetadata, gather_context
+from ..attention import AttentionMetadata, gather_blocks, gather_context
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, **kw) -> torch.Tensor:
@@ -26,8 +26,9 @@ def attention(
     n = meta.num_decode
     if n:
         tables = meta.decode_block_tables
-        k = cache[0][tables].view(n, -1, kv_heads, head_dim).transpose(1, 2)
-        v = cache[1][tables].view(n, -1, kv_heads, head_dim).transpose(1, 2)
+        k, v = gather_blocks(cache, tables)
+        k = k.view(n, -1, kv_heads, head_dim).transpose(1, 2)
+        v = v.view(n, -1, kv_heads, head_dim).transpose(1, 2)
         qd = q[:n].unsqueeze(2)  # [n, H, 1, D]
         out[:n] = _sdpa(qd, k, v, scale, attn_mask=meta.decode_mask).squeeze(2)
     for chunk in meta.prefills:
