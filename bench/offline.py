@@ -21,6 +21,9 @@ WORDS = ("river mountain lantern copper whisper orchard velvet harbor meadow emb
          "thunder saffron marble quartz willow lagoon prairie cobalt tundra crimson beacon").split()
 
 
+FP16_WEIGHTS = "float32-fp16w"  # kvserve: float16 weights, float32 math (quantization="fp16")
+
+
 def make_prompts(n: int, words: int = 40, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return ["Write a long story about " + " ".join(rng.choice(WORDS) for _ in range(words)) for _ in range(n)]
@@ -29,7 +32,9 @@ def make_prompts(n: int, words: int = 40, seed: int = 0) -> list[str]:
 def bench_kvserve(dtype: str, batch: int, max_tokens: int, threads: int | None) -> dict:
     from model import LLM, SamplingParams
 
-    llm = LLM(dtype=dtype, device="cpu", num_threads=threads, max_num_seqs=max(batch, 1))
+    quantization = "fp16" if dtype == FP16_WEIGHTS else None
+    llm = LLM(dtype=dtype.removesuffix("-fp16w"), device="cpu", num_threads=threads, max_num_seqs=max(batch, 1),
+              quantization=quantization)
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     llm.generate(make_prompts(2, seed=99), SamplingParams(temperature=0, max_tokens=4))  # warm-up
     prompts = make_prompts(batch)
@@ -52,7 +57,8 @@ def bench_transformers(dtype: str, batch: int, max_tokens: int) -> dict:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype)).eval()
+    torch_dtype = getattr(torch, dtype.removesuffix("-fp16w"))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype).eval()
 
     def run(prompts: list[str], n: int):
         enc = tok(prompts, return_tensors="pt", padding=True)
@@ -74,7 +80,9 @@ def bench_transformers(dtype: str, batch: int, max_tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16", "float16", FP16_WEIGHTS],
+                    help=f"{FP16_WEIGHTS}: kvserve with quantization=fp16 against transformers in float32")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for kvserve (default: all cores)")
     ap.add_argument("--no-baseline", action="store_true", help="skip transformers")

@@ -247,8 +247,10 @@ def write_plot(path: str, runs: list[dict], title: str = "") -> bool:
     ax_ttft.set_ylabel("time to first token (ms)")
     ax_ttft.set_yscale("log")
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    # Minor ticks: label only 2x and 5x of each decade, or wide ranges print a smear of numbers.
+    sparse = FuncFormatter(lambda v, _pos: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else "")
     ax_ttft.yaxis.set_major_formatter(plain)
-    ax_ttft.yaxis.set_minor_formatter(plain)
+    ax_ttft.yaxis.set_minor_formatter(sparse)
     ax_ttft.set_title("TTFT")
     if title:
         fig.suptitle(title, fontsize=9)
