@@ -30,6 +30,7 @@ from .runtime import (
     kv_budget_bytes,
     kv_bytes_per_token,
     num_threads_default,
+    release_free_heap_memory,
     resolve_device,
     resolve_dtype,
 )
@@ -71,6 +72,7 @@ class LLMEngine:
         if device.type == "cpu":
             torch.set_num_threads(config.num_threads or num_threads_default())
         model = self._build_model(ckpt, device, dtype, config.quantization)
+        release_free_heap_memory()
 
         cfg = ckpt.config
         max_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)

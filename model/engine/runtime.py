@@ -74,3 +74,17 @@ def kv_budget_bytes(config: EngineConfig, device: torch.device) -> int:
 
 def num_threads_default() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def release_free_heap_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim), e.g. after loading the weights.
+
+    Loading frees hundreds of MB of temporaries and replaced parameters in the middle of the heap,
+    which glibc keeps resident otherwise; elsewhere than glibc this does nothing.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
