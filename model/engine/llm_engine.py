@@ -126,7 +126,7 @@ class LLMEngine:
         if quantization == "fp16":
             use_fp16_weights(model)
         elif device.type == "cpu" and dtype == torch.float32:
-            accelerate_cpu_linears(model, ("lm_head", "gate_up_proj"))
+            accelerate_cpu_linears(model)
         return model.eval()
 
     # ---- requests -------------------------------------------------------------------------------
