@@ -10,6 +10,8 @@ conversions around each call) is used for the two largest projections only.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import nn
 
@@ -60,8 +62,12 @@ def accelerate_cpu_linears(model: nn.Module) -> None:
     ]
     target_ids = {id(m) for _, m in targets}
     shared = {id(p) for m in model.modules() if id(m) not in target_ids for p in m.parameters(recurse=False)}
-    for _, module in targets:
-        module.forward = PrepackedCpuLinear(module) if pointwise else MkldnnCpuLinear(module)
+    wrap = PrepackedCpuLinear if pointwise else MkldnnCpuLinear
+    # Reordering is single-threaded and releases the GIL: spread it over the cores.
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        forwards = list(pool.map(wrap, [module for _, module in targets]))
+    for (_, module), forward in zip(targets, forwards):
+        module.forward = forward
         for pname in ("weight", "bias"):
             param = getattr(module, pname)
             if param is not None and id(param) not in shared:
