@@ -41,8 +41,10 @@ def test_fp16_weights_match_transformers_with_rounded_weights(tmp_path, arch):
     assert out.token_ids == hf_greedy(hf, PROMPT, 32)
 
 
-def test_fp16_weights_keep_no_float32_copies(tiny_llama_dir):
-    llm = LLM(tiny_llama_dir, dtype="float32", device="cpu", quantization="fp16", kv_cache_memory=4 * 1024**2)
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # qwen3's tiny config ties lm_head to the embedding
+def test_fp16_weights_keep_no_float32_copies(tmp_path, arch):
+    write_tiny_model(str(tmp_path), arch)
+    llm = LLM(str(tmp_path), dtype="float32", device="cpu", quantization="fp16", kv_cache_memory=4 * 1024**2)
     model = llm.engine.runner.model
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -11,6 +11,7 @@ conversions around each call) is used for the two largest projections only.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -48,27 +49,32 @@ class MkldnnCpuLinear:
         return torch._C._nn.mkldnn_linear(x.to_mkldnn(), self.weight, None).to_dense()
 
 
+def replace_linear_forwards(model: nn.Module, linears: list[nn.Linear], wrap: Callable[[nn.Linear], Any]) -> None:
+    """Give each of `linears` the forward `wrap(linear)` builds, then release its parameters unless a
+    module outside `linears` shares them (a tied embedding). Packing is single-threaded in torch and
+    releases the GIL, so the wrappers are built on every core."""
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        forwards = list(pool.map(wrap, linears))
+    own = {id(m) for m in linears}
+    shared = {id(p) for m in model.modules() if id(m) not in own for p in m.parameters(recurse=False)}
+    for module, forward in zip(linears, forwards):
+        module.forward = forward
+        for name in ("weight", "bias"):
+            param = getattr(module, name)
+            if param is not None and id(param) not in shared:
+                setattr(module, name, nn.Parameter(torch.empty(0), requires_grad=False))
+
+
 def accelerate_cpu_linears(model: nn.Module) -> None:
     """Prepack the fp32 Linear modules of a CPU model; release weights no other module uses."""
     if not torch.backends.mkldnn.is_available():
         return
     pointwise = _pointwise_ops_available()
     targets = [
-        (name, module)
+        module
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
         and (pointwise or (module.bias is None and name.endswith(("lm_head", "gate_up_proj"))))
     ]
-    target_ids = {id(m) for _, m in targets}
-    shared = {id(p) for m in model.modules() if id(m) not in target_ids for p in m.parameters(recurse=False)}
-    wrap = PrepackedCpuLinear if pointwise else MkldnnCpuLinear
-    # Reordering is single-threaded and releases the GIL: spread it over the cores.
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        forwards = list(pool.map(wrap, [module for _, module in targets]))
-    for (_, module), forward in zip(targets, forwards):
-        module.forward = forward
-        for pname in ("weight", "bias"):
-            param = getattr(module, pname)
-            if param is not None and id(param) not in shared:
-                setattr(module, pname, nn.Parameter(torch.empty(0), requires_grad=False))
+    replace_linear_forwards(model, targets, PrepackedCpuLinear if pointwise else MkldnnCpuLinear)

@@ -7,11 +7,11 @@ than float32 on an AVX2 CPU (docs/PERFORMANCE.md), at a relative weight error of
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cpu_linear import replace_linear_forwards
 
 
 def fp16_weights_supported() -> bool:
@@ -48,18 +48,10 @@ def use_fp16_weights(model: nn.Module) -> None:
     """
     if not fp16_weights_supported():
         raise ValueError("quantization 'fp16' needs torch's fbgemm engine (an x86-64 CPU with AVX2)")
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    # fbgemm's packing is single-threaded (~20 ns a weight) and releases the GIL: pack on every core.
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        packed = list(pool.map(PackedFp16Linear, linears))
-    swapped: list[tuple[nn.Module, str]] = []
-    for module, forward in zip(linears, packed):
-        module.forward = forward
-        swapped += [(module, "weight"), (module, "bias")]
+    # Embeddings first: once they hold their own fp16 table, a tied lm_head weight is no longer shared.
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             module.forward = Fp16Embedding(module)
-            swapped.append((module, "weight"))
-    for module, name in swapped:
-        if getattr(module, name, None) is not None:
-            setattr(module, name, nn.Parameter(torch.empty(0), requires_grad=False))
+            module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    replace_linear_forwards(model, linears, PackedFp16Linear)
