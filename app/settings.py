@@ -185,7 +185,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str, str]] = [
     ("--num-threads", "num_threads", _positive_int, None, "torch threads on CPU (default: all cores)", "one"),
     ("--quantization", "quantization", _choice("none", "fp16"), "none",
      "fp16: keep weights in float16 and multiply them in float32 with fbgemm (x86 CPU, dtype float32); "
-     "half the weight memory and 1.3-1.6x faster decode on CPUs without AMX, at a 2^-11 weight rounding",
+     "half the weight memory and 1.1-1.7x faster decode on CPUs without AMX, at a 2^-11 weight rounding",
      "one"),
     ("--enable-prefix-caching", "enable_prefix_caching", _bool, True,
      "reuse KV blocks of identical prompt prefixes (--no-enable-prefix-caching to turn off)", "bool"),
