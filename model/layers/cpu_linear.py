@@ -5,8 +5,7 @@ Inductor uses when it freezes a CPU model) and multiplied by `mkldnn._linear_poi
 and returns ordinary dense tensors. On this project's AVX2 machine that is 10-35% faster than
 `F.linear` (MKL) for every projection shape at 1 and 32 rows, weights read from memory as in a real
 step. The packed copy replaces the parameter, which is released unless another module shares it (a
-tied embedding). Where those ops are missing, the older `to_mkldnn` path (same kernels, with layout
-conversions around each call) is used for the two largest projections only.
+tied embedding). Where those ops are missing (another torch build), the model keeps `F.linear`.
 """
 from __future__ import annotations
 
@@ -39,16 +38,6 @@ class PrepackedCpuLinear:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
 
 
-class MkldnnCpuLinear:
-    """Fallback: a bias-free nn.Linear through `to_mkldnn` tensors (layout conversions per call)."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        self.weight = linear.weight.detach().to_mkldnn()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._C._nn.mkldnn_linear(x.to_mkldnn(), self.weight, None).to_dense()
-
-
 def replace_linear_forwards(model: nn.Module, linears: list[nn.Linear], wrap: Callable[[nn.Linear], Any]) -> None:
     """Give each of `linears` the forward `wrap(linear)` builds, then release its parameters unless a
     module outside `linears` shares them (a tied embedding). Packing is single-threaded in torch and
@@ -67,14 +56,11 @@ def replace_linear_forwards(model: nn.Module, linears: list[nn.Linear], wrap: Ca
 
 def accelerate_cpu_linears(model: nn.Module) -> None:
     """Prepack the fp32 Linear modules of a CPU model; release weights no other module uses."""
-    if not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available() or not _pointwise_ops_available():
         return
-    pointwise = _pointwise_ops_available()
     targets = [
         module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
-        and (pointwise or (module.bias is None and name.endswith(("lm_head", "gate_up_proj"))))
+        for module in model.modules()
+        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
     ]
-    replace_linear_forwards(model, targets, PrepackedCpuLinear if pointwise else MkldnnCpuLinear)
+    replace_linear_forwards(model, targets, PrepackedCpuLinear)
