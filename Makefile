@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test serve bench clean
+.PHONY: install test lint format serve bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff: lint and format check (CI runs it before the tests); `make format` rewrites the files.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app model bench tests
+	$(VENV)/bin/ruff format --check app model bench tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix app model bench tests
+	$(VENV)/bin/ruff format app model bench tests
 
 serve: $(STAMP)
 	$(VENV)/bin/kvserve serve $(ARGS)

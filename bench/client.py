@@ -143,3 +143,16 @@ async def send_request(client: httpx.AsyncClient, url: str, payload: dict, timeo
         if res.start and res.e2e is None:
             res.e2e = time.perf_counter() - res.start
     return res
+
+
+@dataclass
+class LevelRun:
+    """The requests of one concurrency level (or request rate) and how long they took."""
+
+    concurrency: int
+    request_rate: float | None
+    results: list[RequestResult]
+    planned: int
+    duration: float
+    stopped_early: bool
+    client_cpu_s: float = 0.0  # CPU time this benchmark process used during the level

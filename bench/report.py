@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
-    from .runner import LevelRun
+    from .client import LevelRun
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .client import RequestResult, make_client, send_request
+from .client import LevelRun, RequestResult, make_client, send_request
 from .report import summarize_level
 from .workload import IntRange, RequestSpec, build_payload, endpoint_path, make_requests
 
@@ -42,17 +42,6 @@ class SweepConfig:
 
     def requests_for(self, c: int) -> int:
         return self.num_requests if self.num_requests is not None else max(1, self.requests_factor * c)
-
-
-@dataclass
-class LevelRun:
-    concurrency: int
-    request_rate: float | None
-    results: list[RequestResult]
-    planned: int
-    duration: float
-    stopped_early: bool
-    client_cpu_s: float = 0.0  # CPU time this benchmark process used during the level
 
 
 def _log(cfg: SweepConfig, msg: str) -> None:

@@ -5,16 +5,23 @@
     print(llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=16))[0].text)
 """
 from .config import EngineConfig, ModelConfig
-from .engine.async_engine import AsyncEngine, EngineDeadError, RequestAbortedError
+from .engine.async_engine import AsyncEngine, RequestStream
 from .engine.llm import LLM
 from .engine.llm_engine import LLMEngine
-from .loader import ModelLoadError
+from .engine.runtime import RuntimeInfo
+from .engine.stats import EngineStats
+from .errors import ContextLengthError, EngineDeadError, InvalidParamError, ModelLoadError, RequestAbortedError
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
 from .sampling_params import SamplingParams
 
 __all__ = [
     "LLM",
     "AsyncEngine",
+    "ContextLengthError",
+    "EngineStats",
+    "InvalidParamError",
+    "RequestStream",
+    "RuntimeInfo",
     "EngineConfig",
     "EngineDeadError",
     "LLMEngine",

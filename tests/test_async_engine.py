@@ -23,11 +23,11 @@ def async_engine(tiny_llama_dir):
 def wait_idle(engine: AsyncEngine, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        stats = engine.engine.stats()
+        stats = engine.stats()  # the snapshot the engine thread publishes
         if stats.num_running == stats.num_waiting == 0 and stats.num_free_blocks == stats.num_blocks:
             return
         time.sleep(0.02)
-    raise AssertionError(f"engine not idle: {engine.engine.stats()}")
+    raise AssertionError(f"engine not idle: {engine.stats()}")
 
 
 async def collect(engine: AsyncEngine, prompt, params, rid=None):
@@ -76,13 +76,13 @@ def test_duplicate_and_invalid_requests(async_engine):
 
 
 def test_engine_death_is_reported(tiny_llama_dir):
-    engine = AsyncEngine(engine=LLMEngine(EngineConfig(model=tiny_llama_dir, dtype="float32", device="cpu",
-                                                       kv_cache_memory=8 * 1024**2)))
+    core = LLMEngine(EngineConfig(model=tiny_llama_dir, dtype="float32", device="cpu", kv_cache_memory=8 * 1024**2))
+    engine = AsyncEngine(engine=core)
 
     def boom(*_a, **_k):
         raise RuntimeError("simulated kernel failure")
 
-    engine.engine.runner.execute = boom
+    core.runner.execute = boom
     engine.start()
     try:
         async def main():

@@ -15,7 +15,7 @@ PROMPT = [1, 17, 250, 33, 99, 4, 180, 77, 5, 260, 41, 12, 150, 201, 9, 64, 3, 31
 def engine_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
     """Logits at every position of one prompt, through the engine's runner and paged cache."""
     engine = llm.engine
-    seq = Sequence(10**6, "probe", 0, ids, SamplingParams(), 0, [], None)
+    seq = Sequence(10**6, "probe", 0, ids, SamplingParams(), 0, [])
     engine.block_manager.allocate(seq, len(ids))
     try:
         input_ids, positions, meta, _, _ = engine.runner.prepare([ScheduledSeq(seq, len(ids))])

@@ -1,8 +1,11 @@
 """AsyncEngine: the LLMEngine on one background thread, driven from an asyncio event loop.
 
-The loop side puts add/abort commands into a thread-safe inbox; the engine thread drains it
-before each step and hands each step's outputs back with one `call_soon_threadsafe`. If a step
-raises, the engine is dead: every waiting request gets EngineDeadError and new ones are refused.
+It is the only door from a server into the engine: runtime facts, the served name, chat rendering,
+tokenization, request submission, abort, and an immutable stats snapshot that the engine thread
+publishes after each step. The loop side puts add/abort commands into a thread-safe inbox; the engine
+thread drains it before each step and hands each step's outputs back with one `call_soon_threadsafe`.
+If a step raises, the engine is dead: every waiting request gets EngineDeadError and new ones are
+refused.
 """
 from __future__ import annotations
 
@@ -11,40 +14,100 @@ import logging
 import queue
 import threading
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from ..config import EngineConfig
+from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from .llm_engine import LLMEngine
+from .runtime import RuntimeInfo
+from .stats import EngineStats
 
 log = logging.getLogger("kvserve.engine")
 
 
-class EngineDeadError(RuntimeError):
-    """The engine thread stopped after an internal error; the server must be restarted."""
+class RequestStream:
+    """The outputs of one submitted request, as an async iterator. Closing it before the request has
+    finished (`aclose()`, or leaving an `async for` over `AsyncEngine.generate`) aborts the request."""
 
-
-class RequestAbortedError(RuntimeError):
-    """The request was aborted by the server (`AsyncEngine.abort_all`, e.g. at the end of a shutdown drain)."""
-
-
-class _Stream:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: AsyncEngine, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.request_id = request_id
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.finished = False
+        self.closed = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished or self.closed:
+            raise StopAsyncIteration
+        try:
+            item = await self.queue.get()
+        except BaseException:
+            await self.aclose()
+            raise
+        if isinstance(item, BaseException):
+            await self.aclose()
+            raise item
+        if item.finished:
+            self.finished = True
+            self.engine._forget(self.request_id)
+        return item
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.engine._forget(self.request_id)
+        if not self.finished:
+            self.engine.abort(self.request_id)
 
 
 class AsyncEngine:
     def __init__(self, config: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
-        self.engine = engine or LLMEngine(config or EngineConfig())
+        self._engine = engine or LLMEngine(config or EngineConfig())
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, RequestStream] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stats: EngineStats = self._engine.stats()
         self.dead_error: BaseException | None = None
+
+    # ---- what a server may read -----------------------------------------------------------------
+
+    @property
+    def runtime(self) -> RuntimeInfo:
+        return self._engine.runtime
+
+    @property
+    def served_name(self) -> str:
+        return self._engine.served_name
+
+    @property
+    def model_path(self) -> str:
+        return self._engine.model_path
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._engine.tokenizer
+
+    def stats(self) -> EngineStats:
+        """The snapshot the engine thread published after its last step (immutable)."""
+        return self._stats
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The chat template applied to `messages` (ValueError on a template error). Thread-safe."""
+        return self._engine.render_chat(messages, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`. Thread-safe (call it off the event loop for long texts)."""
+        return self._engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -64,60 +127,57 @@ class AsyncEngine:
     def is_dead(self) -> bool:
         return self.dead_error is not None
 
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
     # ---- requests -------------------------------------------------------------------------------
+
+    async def submit(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
+                     param: str = "prompt", reserve_max_tokens: bool = False) -> RequestStream:
+        """Check a request and queue it; returns its output stream. InvalidParamError (naming `param` for
+        prompt errors) is raised here, before anything runs; EngineDeadError once the engine has died.
+        With `reserve_max_tokens`, prompt + max_tokens must fit the context (ContextLengthError)."""
+        if self.dead_error is not None:
+            raise EngineDeadError("the engine is dead") from self.dead_error
+        request_id = request_id or uuid.uuid4().hex
+        if isinstance(prompt, str):  # tokenize off the event loop
+            text, ids = await asyncio.to_thread(self._engine.encode_prompt, prompt)
+        else:
+            text, ids = self._engine.encode_prompt(prompt)
+        self._engine.check_request(ids, params, param, reserve_max_tokens)
+        stream = RequestStream(self, request_id, asyncio.get_running_loop())
+        with self._lock:
+            if request_id in self._streams:
+                raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
+            self._streams[request_id] = stream
+        self._inbox.put(("add", request_id, ids, params, text))
+        self._wakeup.set()
+        return stream
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs as they are produced; leaving early aborts it."""
-        if self.dead_error is not None:
-            raise EngineDeadError("the engine is dead") from self.dead_error
-        request_id = request_id or uuid.uuid4().hex
-        if isinstance(prompt, str):  # tokenize off the event loop
-            text, ids = await asyncio.to_thread(self.engine.encode_prompt, prompt)
-        else:
-            text, ids = self.engine.encode_prompt(prompt)
-        params.check_token_ids(self.engine.runtime.vocab_size)
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-        self._inbox.put(("add", request_id, ids, params, text))
-        self._wakeup.set()
-        finished = False
+        stream = await self.submit(prompt, params, request_id)
         try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    break
+            async for out in stream:
+                yield out
         finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
+            await stream.aclose()
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
         self._wakeup.set()
 
     def abort_all(self, reason: str = "the server aborted the request") -> int:
-        """End every request in flight: each `generate` iterator raises RequestAbortedError(reason)
-        (its cleanup aborts the engine request and frees its blocks). Returns how many were ended.
-        Thread-safe."""
+        """End every request in flight: each stream raises RequestAbortedError(reason) (its cleanup aborts
+        the engine request and frees its blocks). Returns how many were ended. Thread-safe."""
         with self._lock:
             ids = list(self._streams)
         for request_id in ids:
             self._deliver_one(request_id, RequestAbortedError(reason))
         return len(ids)
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._streams.pop(request_id, None)
 
     # ---- engine thread --------------------------------------------------------------------------
 
@@ -134,33 +194,35 @@ class AsyncEngine:
                 if not alive:
                     continue  # the client left before the request reached the engine
                 try:
-                    self.engine.add_request(request_id, ids, params, prompt_text=text)
+                    self._engine.add_checked_request(request_id, ids, params, prompt_text=text)
                 except ValueError as exc:
                     self._deliver_one(request_id, exc)
             else:
-                self.engine.abort_request(cmd[1])
+                self._engine.abort_request(cmd[1])
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 self._drain_inbox()
-                if not self.engine.has_unfinished_requests():
+                if not self._engine.has_unfinished_requests():
+                    self._stats = self._engine.stats()
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()
                     continue
-                outputs = self.engine.step()
+                outputs = self._engine.step()
+                self._stats = self._engine.stats()  # one reference swap: readers see a whole snapshot
                 if outputs:
                     self._deliver(outputs)
         except BaseException as exc:  # noqa: BLE001 - any failure kills the engine, loudly
             log.exception("engine step failed; the engine is dead")
             self.dead_error = exc
             with self._lock:
-                streams = list(self._streams.items())
-            for request_id, _stream in streams:
+                streams = list(self._streams)
+            for request_id in streams:
                 self._deliver_one(request_id, EngineDeadError(f"the engine died: {type(exc).__name__}"))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
         with self._lock:
             for out in outputs:
                 stream = self._streams.get(out.request_id)
@@ -182,6 +244,6 @@ class AsyncEngine:
                 pass
 
 
-def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
+def _put_all(items: list[tuple[RequestStream, RequestOutput]]) -> None:
     for stream, out in items:
         stream.queue.put_nowait(out)

@@ -15,6 +15,12 @@ from .block_manager import BlockManager
 from .sequence import Sequence, SequenceStatus
 
 
+# A sampled token's logprob data from the runner: (its logprob, top ids, top logprobs).
+TokenLogprobData = tuple[float, list[int], list[float]]
+# What `Scheduler.update` hands to the output processor for each sequence that sampled a token.
+SampledToken = tuple[Sequence, int, "TokenLogprobData | None"]
+
+
 @dataclass
 class ScheduledSeq:
     seq: Sequence
@@ -37,13 +43,16 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int) -> None:
         self.blocks = block_manager
+        self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions_total = 0
+        self.num_generation_tokens_total = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -104,6 +113,37 @@ class Scheduler:
             out.scheduled.append(ScheduledSeq(seq, num_new))
             budget -= num_new
         return out
+
+    def update(self, scheduled: list[ScheduledSeq], sampled: list[ScheduledSeq], token_ids: list[int],
+               logprobs: list[TokenLogprobData | None] | None) -> list[SampledToken]:
+        """After a forward pass: commit the computed tokens, append each sampled token, and finish the
+        sequences that hit EOS, a stop token id, max_tokens or the context limit (blocks freed).
+        Stop strings are the output processor's: they need the text."""
+        for s in scheduled:
+            s.seq.num_computed_tokens += s.num_new_tokens
+            self.blocks.commit_full_blocks(s.seq)
+        now = time.monotonic()
+        out: list[SampledToken] = []
+        for i, s in enumerate(sampled):
+            seq, token = s.seq, token_ids[i]
+            seq.token_ids.append(token)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            self._check_finished(seq, token)
+            out.append((seq, token, logprobs[i] if logprobs else None))
+        self.num_generation_tokens_total += len(sampled)
+        return out
+
+    def _check_finished(self, seq: Sequence, token: int) -> None:
+        params = seq.params
+        if token in seq.eos_token_ids and not params.ignore_eos:
+            self.finish(seq, "stop")
+        elif params.stop_token_ids is not None and token in params.stop_token_ids:
+            self.finish(seq, "stop", token)
+        elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            self.finish(seq, "length")
+        elif len(seq.token_ids) >= self.max_model_len:
+            self.finish(seq, "length")
 
     def _tokens_that_fit(self, seq: Sequence) -> int:
         bs = self.blocks.block_size

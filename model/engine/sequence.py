@@ -1,16 +1,15 @@
-"""A Sequence is one generated continuation (one of a request's `n` choices) and its KV state."""
+"""A Sequence is one generated continuation (one of a request's `n` choices): its token ids and KV state.
+
+What the scheduler and the runner need lives here; the choice's output state (detokenizer, stop strings,
+logprobs, deltas for streaming) belongs to the output processor (`request.ChoiceState`).
+"""
 from __future__ import annotations
 
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ..outputs import TokenLogprobs
 from ..sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from ..detokenizer import IncrementalDetokenizer
 
 
 class SequenceStatus(enum.Enum):
@@ -28,7 +27,6 @@ class Sequence:
     params: SamplingParams
     seed: int
     eos_token_ids: list[int]
-    detokenizer: "IncrementalDetokenizer"
     arrival_time: float = field(default_factory=time.monotonic)
     token_ids: list[int] = field(init=False)  # prompt + output
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
@@ -38,19 +36,12 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: str | int | None = None
-    logprobs: list[TokenLogprobs] | None = None
     num_preemptions: int = 0
     first_token_time: float | None = None
     first_scheduled_time: float | None = None  # when its first prefill chunk was scheduled
-    # Emitted since the last RequestOutput (for streaming deltas).
-    pending_text: str = ""
-    pending_token_ids: list[int] = field(default_factory=list)
-    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
-        if self.params.logprobs is not None:
-            self.logprobs = []
 
     @property
     def num_prompt_tokens(self) -> int:
