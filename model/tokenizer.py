@@ -1,39 +1,25 @@
 """The tokenizer: a `tokenizers.Tokenizer`, the model's special tokens and its chat template.
 
-Two sources:
-- a Hugging Face directory (`tokenizer.json` + `tokenizer_config.json`), used as written;
-- GGUF metadata (`tokenizer.ggml.*`), from which we rebuild the same `tokenizers` pipeline that
-  `transformers`' GGUF loader builds: byte-level BPE for `gpt2` vocabularies, SentencePiece-style
-  BPE with byte fallback for `llama` vocabularies.
+`Tokenizer.from_hf_dir` loads a Hugging Face directory (`tokenizer.json` + `tokenizer_config.json`),
+used as written; `model.loader.gguf_vocab` builds one from GGUF metadata (`tokenizer.ggml.*`).
 
-Chat templates are rendered in a Jinja sandbox; any template failure becomes a `ValueError`.
+Chat templates are rendered in a Jinja sandbox (`model.chat_template`); any template failure
+becomes a `ValueError`.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-from datetime import datetime
-from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
-import jinja2
-from jinja2 import nodes
-from jinja2.exceptions import SecurityError, TemplateError
-from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as BackendTokenizer
 
-from .loader.common import ModelLoadError
-
-logger = logging.getLogger(__name__)
+from .chat_template import render_chat_template
+from .errors import ModelLoadError
 
 SPIECE_SPACE = "\u2581"  # "▁", SentencePiece's visible space
-
-# llama.cpp token types (tokenizer.ggml.token_type), same numbering as SentencePiece.
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 
 # --------------------------------------------------------------------------- byte-level alphabet
@@ -57,50 +43,6 @@ def _byte_to_unicode() -> dict[int, str]:
 
 BYTE_TO_UNICODE = _byte_to_unicode()
 UNICODE_TO_BYTE = {c: b for b, c in BYTE_TO_UNICODE.items()}
-
-
-def _byte_level_spelling(text: str) -> str:
-    """`text` written in the byte-level alphabet (its UTF-8 bytes, one character each)."""
-    return "".join(BYTE_TO_UNICODE[b] for b in text.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------- pre-tokenizer splits
-# The regexes that split text into words before BPE, keyed by GGUF `tokenizer.ggml.pre`.
-
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Qwen2: the Llama 3 split with single digits.
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-
-_SPLIT_BY_PRE = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3", "pixtral"), _LLAMA3_SPLIT),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
-}
-# Vocabularies trained with every digit split off first (StarCoder family, SmolLM), then GPT-2's regex.
-_DIGITS_FIRST_PRE = {"smollm", "starcoder", "refact", "codeshell"}
-
-
-def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
-    split = _SPLIT_BY_PRE.get(pre or "")
-    if split is not None:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    if pre in _DIGITS_FIRST_PRE:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-    if pre not in (None, "default", "gpt2", "gpt-2"):
-        logger.warning("unknown GGUF pre-tokenizer %r; using GPT-2's split", pre)
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
 # --------------------------------------------------------------------------- the Tokenizer
@@ -187,51 +129,6 @@ class Tokenizer:
             chat_template=_hf_chat_template(path, config),
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
         )
-
-    @classmethod
-    def from_gguf_fields(cls, fields: Mapping[str, Any], source: str = "GGUF file") -> "Tokenizer":
-        """Build the tokenizer a GGUF describes from its metadata (key -> plain Python value;
-        arrays as lists). `source` names the file in error messages."""
-        tokens = fields.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-            raise ModelLoadError(f"{source}: no vocabulary (tokenizer.ggml.tokens)")
-        types = fields.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
-        if not isinstance(types, list) or len(types) != len(tokens):
-            raise ModelLoadError(f"{source}: tokenizer.ggml.token_type does not give one type per token")
-        ids = {key: _gguf_token_id(fields, key, len(tokens), source) for key in ("bos", "eos", "unknown", "padding")}
-        kind = fields.get("tokenizer.ggml.model")
-        if kind not in ("gpt2", "llama"):
-            raise ModelLoadError(f"{source}: unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
-        try:
-            if kind == "gpt2":
-                backend, known = _gguf_byte_level_bpe(fields, tokens)
-            else:
-                unk = tokens[ids["unknown"]] if ids["unknown"] is not None else None
-                backend, known = _gguf_sentencepiece_bpe(fields, tokens, unk), set(tokens)
-        except Exception as exc:  # ours, or tokenizers' on inconsistent vocab/merges
-            raise ModelLoadError(f"{source}: cannot build the tokenizer: {exc}") from None
-
-        _add_gguf_added_tokens(backend, tokens, types, known)
-        name = {key: (tokens[i] if i is not None else None) for key, i in ids.items()}
-        add_bos = bool(fields.get("tokenizer.ggml.add_bos_token", kind == "llama"))
-        add_eos = bool(fields.get("tokenizer.ggml.add_eos_token", False))
-        _set_post_processor(backend, name["bos"], name["eos"], add_bos, add_eos)
-        template = fields.get("tokenizer.chat_template")
-        return cls(
-            backend,
-            bos_token=name["bos"],
-            eos_token=name["eos"],
-            unk_token=name["unknown"],
-            pad_token=name["padding"],
-            chat_template=template if isinstance(template, str) and template else None,
-        )
-
-    @classmethod
-    def from_gguf_file(cls, path: str) -> "Tokenizer":
-        """The tokenizer of a GGUF file (reads only its metadata)."""
-        from .loader.gguf import read_header  # late: the loader imports this module
-
-        return cls.from_gguf_fields(read_header(path).fields, source=path)
 
     # ----------------------------------------------------------------- encode / decode
 
@@ -333,22 +230,6 @@ def _hf_chat_template(path: str, config: Mapping[str, Any]) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
-def _set_post_processor(
-    backend: BackendTokenizer, bos: str | None, eos: str | None, add_bos: bool, add_eos: bool
-) -> None:
-    """BOS/EOS around each encoded text, as `transformers` builds it from add_bos/add_eos_token."""
-    bos_id = backend.token_to_id(bos) if (bos is not None and add_bos) else None
-    eos_id = backend.token_to_id(eos) if (eos is not None and add_eos) else None
-    pre = f"{bos}:0 " if bos_id is not None else ""
-    post = f" {eos}:0" if eos_id is not None else ""
-    pair_pre = f" {bos}:1" if bos_id is not None else ""
-    pair_post = f" {eos}:1" if eos_id is not None else ""
-    specials = [(t, i) for t, i in ((bos, bos_id), (eos, eos_id)) if i is not None]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{pre}$A:0{post}", pair=f"{pre}$A:0{post}{pair_pre} $B:1{pair_post}", special_tokens=specials
-    )
-
-
 def _decoder_style(backend: BackendTokenizer) -> str:
     """How a vocabulary string maps to bytes: "byte_level", "sentencepiece" or "other"."""
     decoder = backend.decoder
@@ -371,177 +252,4 @@ def _clean_up_spaces(text: str) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- GGUF helpers
-
-
-def _gguf_token_id(fields: Mapping[str, Any], key: str, n_tokens: int, source: str) -> int | None:
-    value = fields.get(f"tokenizer.ggml.{key}_token_id")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
-        raise ModelLoadError(
-            f"{source}: tokenizer.ggml.{key}_token_id={value!r} is not a token id (vocabulary of {n_tokens})"
-        )
-    return value
-
-
-def _gguf_merges(fields: Mapping[str, Any]) -> list[tuple[str, str]] | None:
-    merges = fields.get("tokenizer.ggml.merges")
-    if merges is None:
-        return None
-    pairs = []
-    for merge in merges:
-        left, sep, right = merge.partition(" ") if isinstance(merge, str) else ("", "", "")
-        if not sep:
-            raise ValueError(f"malformed merge {merge!r} in tokenizer.ggml.merges")
-        pairs.append((left, right))
-    return pairs
-
-
-def _gguf_byte_level_bpe(fields: Mapping[str, Any], tokens: list[str]) -> tuple[BackendTokenizer, set[str]]:
-    """Byte-level BPE; tokens not written in the byte alphabet (raw added tokens) are respelled."""
-    alphabet = set(BYTE_TO_UNICODE.values())
-    vocab = {(t if set(t) <= alphabet else _byte_level_spelling(t)): i for i, t in enumerate(tokens)}
-    backend = BackendTokenizer(
-        models.BPE(
-            vocab=vocab,
-            merges=_gguf_merges(fields) or [],
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-        )
-    )
-    backend.pre_tokenizer = _byte_level_pre_tokenizer(fields.get("tokenizer.ggml.pre"))
-    backend.decoder = decoders.ByteLevel()
-    # Only tokens spelled in the byte alphabet can be added tokens (others are llama.cpp mislabels).
-    return backend, {t for t in tokens if set(t) <= alphabet}
-
-
-def _gguf_sentencepiece_bpe(fields: Mapping[str, Any], tokens: list[str], unk: str | None) -> BackendTokenizer:
-    """SentencePiece BPE: ▁ for spaces, <0xXX> byte fallback, merges from the file or the scores."""
-    vocab = {t: i for i, t in enumerate(tokens)}
-    merges = _gguf_merges(fields)
-    if merges is None:
-        scores = fields.get("tokenizer.ggml.scores")
-        if not isinstance(scores, list) or len(scores) != len(tokens):
-            raise ValueError("a llama vocabulary needs tokenizer.ggml.scores (one per token) or merges")
-        merges = merges_from_scores(tokens, scores)
-    backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-    prefix = bool(fields.get("tokenizer.ggml.add_space_prefix", True))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement=SPIECE_SPACE, prepend_scheme="first" if prefix else "never", split=False
-    )
-    steps = [decoders.Replace(SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
-    return backend
-
-
-def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
-    """BPE merges implied by a SentencePiece vocabulary: every split of a token into two vocabulary
-    pieces, ranked by the merged token's score (best first), then longer left/right piece first."""
-    index = {t: i for i, t in enumerate(tokens)}
-    ranked = []
-    for i, (token, score) in enumerate(zip(tokens, scores)):
-        for k in range(1, len(token)):
-            left, right = token[:k], token[k:]
-            if left in index and right in index:
-                ranked.append((-score, -len(left), -len(right), i, index[left], index[right], left, right))
-    ranked.sort(key=lambda r: r[:6])
-    return [(r[6], r[7]) for r in ranked]
-
-
-def _add_gguf_added_tokens(backend: BackendTokenizer, tokens: list[str], types: list[int], known: set[str]) -> None:
-    """Control tokens become special added tokens, user-defined ones plain added tokens, so that
-    both are matched whole in text (as llama.cpp and transformers do)."""
-    control = [
-        AddedToken(t, special=True, normalized=False)
-        for t, kind in zip(tokens, types)
-        if kind == TOKEN_CONTROL and t in known
-    ]
-    user = [
-        AddedToken(t, special=False, normalized=False)
-        for t, kind in zip(tokens, types)
-        if kind == TOKEN_USER_DEFINED and t in known
-    ]
-    if control:
-        backend.add_special_tokens(control)
-    if user:
-        backend.add_tokens(user)
-
-
-# --------------------------------------------------------------------------- chat template sandbox
-
-_MAX_SEQUENCE_REPEAT = 1 << 20  # longest str/list a template may build with `*`
-_MAX_EXPONENT = 1024
-
-
-class _GenerationTag(Extension):
-    """`{% generation %}...{% endgeneration %}` (used by some templates to mark assistant text):
-    rendered as its body."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> list[nodes.Node]:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-class _ChatSandbox(ImmutableSandboxedEnvironment):
-    """Immutable sandbox that fails loudly on any unsafe attribute (the stock one returns an
-    Undefined that only fails when used) and refuses giant `*` / `**` results (memory bombs)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if len(seq) * times > _MAX_SEQUENCE_REPEAT:
-                        raise SecurityError("the template builds a value that is too large")
-        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError("the template computes a power that is too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: Any = None, sort_keys: bool = False) -> str:
-    # Like transformers: no HTML escaping, optional formatting arguments.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-@lru_cache(maxsize=1)
-def _environment() -> _ChatSandbox:
-    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, "jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env
-
-
-@lru_cache(maxsize=16)
-def _compile(template: str) -> jinja2.Template:
-    return _environment().from_string(template)
-
-
-def render_chat_template(template: str, context: Mapping[str, Any]) -> str:
-    """Render a chat template in the sandbox; every failure is a ValueError with a clear message."""
-    try:
-        return _compile(template).render(**context)
-    except SecurityError as exc:
-        raise ValueError(f"chat template refused: it tried an unsafe operation ({exc})") from None
-    except TemplateError as exc:  # syntax errors and raise_exception(...) messages
-        raise ValueError(f"chat template error: {exc}") from None
-    except Exception as exc:  # a template bug (TypeError, KeyError, ...) is the template's fault
-        raise ValueError(f"chat template failed: {type(exc).__name__}: {exc}") from None
+__all__ = ["BYTE_TO_UNICODE", "SPIECE_SPACE", "UNICODE_TO_BYTE", "Tokenizer"]

@@ -13,14 +13,10 @@ import pytest
 import torch
 from helpers_tokenizer import gguf_name, gpt2_vocab_from_tokenizer_json, write_tiny_gguf, write_tiny_tokenizer
 
-from model.loader.common import ModelLoadError
-from model.loader.gguf import (
-    default_model_name,
-    default_model_path,
-    llama3_freq_factors,
-    load_gguf,
-    read_header,
-)
+from model.errors import ModelLoadError
+from model.loader.gguf import default_model_name, default_model_path, load_gguf
+from model.loader.gguf_metadata import llama3_freq_factors
+from model.loader.gguf_reader import read_header
 
 transformers = pytest.importorskip("transformers")
 Q = gguf.GGMLQuantizationType

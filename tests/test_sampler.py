@@ -1,15 +1,15 @@
-"""Sampler tests: every expectation comes from an oracle (argmax, plain per-row reference
-filters written here, transformers' logits processors, direct formulas, log_softmax)."""
+"""Sampler tests: every expectation comes from an oracle (argmax, the plain per-row reference
+filters of model.engine.sampling.reference, transformers' logits processors, direct formulas,
+log_softmax)."""
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from model.engine.sampler import (
+from model.engine.sampling import (
     Sampler,
     SamplingBatch,
     SamplingRow,
@@ -17,6 +17,7 @@ from model.engine.sampler import (
     seeded_uniform,
     top_values,
 )
+from model.engine.sampling.reference import reference_distribution, reference_warp
 from model.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
@@ -36,35 +37,6 @@ def build(rows: list[SamplingRow], vocab: int) -> SamplingBatch:
 def logits_for(num_rows: int, vocab: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(num_rows, vocab, generator=g) * 3
-
-
-# ---------------------------------------------------------------- reference (plain, per row)
-
-
-def ref_warp(x: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
-    """HF order: temperature, top-k, top-p, min-p; removed tokens at -inf. x: [V]."""
-    x = x.double() / temperature
-    if top_k > 0:
-        kth = sorted(x.tolist(), reverse=True)[min(top_k, len(x)) - 1]
-        x = torch.where(x < kth, -math.inf, x)
-    if top_p < 1.0:
-        probs = x.softmax(-1).tolist()
-        order = sorted(range(len(probs)), key=lambda i: -probs[i])
-        mass, keep = 0.0, set()
-        for i in order:
-            if mass >= top_p:
-                break
-            keep.add(i)
-            mass += probs[i]
-        x = torch.tensor([v if i in keep else -math.inf for i, v in enumerate(x.tolist())], dtype=x.dtype)
-    if min_p > 0.0:
-        probs = x.softmax(-1)
-        x = torch.where(probs < min_p * probs.max(), -math.inf, x)
-    return x
-
-
-def ref_distribution(x: torch.Tensor, **kw) -> torch.Tensor:
-    return ref_warp(x, **kw).softmax(-1)
 
 
 # ---------------------------------------------------------------- greedy
@@ -130,7 +102,7 @@ def test_filters_match_reference(candidates: int | None) -> None:
     batch = build([row(seed=i, **case) for i, case in enumerate(FILTER_CASES)], vocab)
     probs = Sampler(top_p_candidates=candidates).probabilities(x, batch)
     for i, case in enumerate(FILTER_CASES):
-        ref = ref_warp(x[i], **case)
+        ref = reference_warp(x[i], **case)
         kept = probs[i] > 0
         assert torch.equal(kept, ref.isfinite()), (case, int(kept.sum()), int(ref.isfinite().sum()))
         torch.testing.assert_close(probs[i].double(), ref.softmax(-1), atol=1e-6, rtol=1e-5)
@@ -210,6 +182,39 @@ def test_min_tokens_masks_eos_and_stop_token_ids() -> None:
     assert Sampler()(x, build(rows, vocab)).token_ids.tolist() == [5, EOS, 6, EOS]
 
 
+def test_allowed_mask_restricts_every_row_kind() -> None:
+    """The per-row allowed-token mask (the hook for structured outputs) puts -inf on disallowed
+    tokens after the other edits, for greedy, whole-vocabulary and top-k / top-p rows alike."""
+    vocab = 300
+    x = logits_for(len(FILTER_CASES) + 1, vocab, seed=14)
+    n = len(x)
+    favourite = x.argmax(-1)
+    rows = [row(temperature=0.0, logprobs=2, logit_bias={int(favourite[0]): 100.0})]
+    rows += [row(seed=i, **case) for i, case in enumerate(FILTER_CASES)]
+    allowed = torch.rand(n, vocab, generator=torch.Generator().manual_seed(15)) < 0.3
+    allowed[torch.arange(n), favourite] = False  # the unmasked favourite is never allowed
+    allowed[-1] = False
+    allowed[-1, [3, 250]] = True  # a row with only two tokens allowed
+    batch = SamplingBatch.build(rows, vocab, CPU, allowed_mask=allowed)
+    masked = x.masked_fill(~allowed, float("-inf"))
+    probs = Sampler(top_p_candidates=4).probabilities(x, batch)
+    assert probs[0, masked[0].argmax()] == 1.0  # the bias on a disallowed token does not win
+    for i, case in enumerate(FILTER_CASES, start=1):
+        ref = reference_warp(masked[i], **case)
+        assert torch.equal(probs[i] > 0, ref.isfinite()), case
+        torch.testing.assert_close(probs[i].double(), reference_distribution(masked[i], **case), atol=1e-6, rtol=1e-5)
+    assert (probs[~allowed] == 0).all()
+    out = Sampler()(x, batch)
+    assert out.token_ids[0] == masked[0].argmax()
+    assert allowed[torch.arange(n), out.token_ids].all()
+    assert out.sampled_logprobs is not None  # logprobs stay those of the raw logits
+    torch.testing.assert_close(out.sampled_logprobs, x.log_softmax(-1).gather(1, out.token_ids[:, None]).squeeze(1))
+    everything = SamplingBatch.build(rows, vocab, CPU, allowed_mask=torch.ones(n, vocab, dtype=torch.bool))
+    assert torch.equal(Sampler()(x, everything).token_ids, Sampler()(x, build(rows, vocab)).token_ids)
+    only_mask = SamplingBatch.build([row(temperature=0.0)], vocab, CPU, allowed_mask=allowed[1:2])  # no other edit
+    assert Sampler()(x[1:2], only_mask).token_ids[0] == masked[1].argmax()
+
+
 # ---------------------------------------------------------------- seeds and statistics
 
 
@@ -265,7 +270,7 @@ def test_filtered_sampling_frequencies(case: dict) -> None:
     base = base[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))]  # not in id order
     x = base.expand(n, -1)
     ids = Sampler(top_p_candidates=4)(x, build([row(seed=s, **case) for s in range(n)], vocab)).token_ids
-    _assert_close_to(_frequencies(ids, vocab), ref_distribution(base, **case), n)
+    _assert_close_to(_frequencies(ids, vocab), reference_distribution(base, **case), n)
 
 
 # ---------------------------------------------------------------- logprobs

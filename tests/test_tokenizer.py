@@ -18,9 +18,12 @@ from helpers_tokenizer import (
     write_tiny_tokenizer,
 )
 
-from model.loader.common import ModelLoadError
-from model.loader.gguf import default_model_path, read_header
-from model.tokenizer import Tokenizer, merges_from_scores, render_chat_template
+from model.chat_template import render_chat_template
+from model.errors import ModelLoadError
+from model.loader.gguf import default_model_path
+from model.loader.gguf_reader import read_header
+from model.loader.gguf_vocab import merges_from_scores, tokenizer_from_gguf_fields, tokenizer_from_gguf_file
+from model.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +64,7 @@ def smol_path() -> str:
 
 @pytest.fixture(scope="module")
 def smol(smol_path: str) -> Tokenizer:
-    return Tokenizer.from_gguf_file(smol_path)
+    return tokenizer_from_gguf_file(smol_path)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,7 @@ def spm_gguf(tmp_path_factory):
     vocab = {"model": "llama", "tokens": pieces, "scores": scores, "types": types, "bos_id": 1, "eos_id": 2,
              "unk_id": 0, "chat_template": TINY_CHAT_TEMPLATE}
     write_tiny_gguf(str(folder / "spm.gguf"), state, cfg, vocab)
-    ours = Tokenizer.from_gguf_fields(read_header(str(folder / "spm.gguf")).fields, "spm.gguf")
+    ours = tokenizer_from_gguf_fields(read_header(str(folder / "spm.gguf")).fields, "spm.gguf")
     hf = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file="spm.gguf")
     return ours, hf, sp
 
@@ -159,7 +162,7 @@ def test_byte_level_gguf_pre_tokenizers_match_transformers(tmp_path, tiny_dir, p
     vocab |= {"pre": pre, "bos_id": TINY_BOS_ID, "eos_id": TINY_EOS_ID, "add_bos": False}
     state, cfg = _tiny_llama_state(300)
     write_tiny_gguf(str(tmp_path / "bpe.gguf"), state, cfg, vocab)
-    ours = Tokenizer.from_gguf_fields(read_header(str(tmp_path / "bpe.gguf")).fields)
+    ours = tokenizer_from_gguf_fields(read_header(str(tmp_path / "bpe.gguf")).fields)
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="bpe.gguf")
     # (transformers' GPT2Tokenizer adds its default unk "<|endoftext|>" as a new token; skip that text)
     for text in [t for t in TEXTS if "<|endoftext|>" not in t] + ["I'VE 1234567 don't\n\n\n  x", "a\r\n\r\nb   \n c"]:
@@ -208,16 +211,16 @@ def test_merges_from_scores_ranks_by_score():
 
 def test_gguf_tokenizer_errors():
     with pytest.raises(ModelLoadError, match="x.gguf: no vocabulary"):
-        Tokenizer.from_gguf_fields({}, "x.gguf")
+        tokenizer_from_gguf_fields({}, "x.gguf")
     with pytest.raises(ModelLoadError, match="unsupported tokenizer model 'bert'"):
-        Tokenizer.from_gguf_fields({"tokenizer.ggml.tokens": ["a"], "tokenizer.ggml.model": "bert"}, "x.gguf")
+        tokenizer_from_gguf_fields({"tokenizer.ggml.tokens": ["a"], "tokenizer.ggml.model": "bert"}, "x.gguf")
     with pytest.raises(ModelLoadError, match="eos_token_id=7 is not a token id"):
-        Tokenizer.from_gguf_fields(
+        tokenizer_from_gguf_fields(
             {"tokenizer.ggml.tokens": ["a"], "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.eos_token_id": 7}, "x.gguf"
         )
     with pytest.raises(ModelLoadError, match="x.gguf: cannot build the tokenizer"):
         fields = {"tokenizer.ggml.tokens": ["a"], "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.merges": ["a z"]}
-        Tokenizer.from_gguf_fields(fields, "x.gguf")
+        tokenizer_from_gguf_fields(fields, "x.gguf")
 
 
 # --------------------------------------------------------------------------- HF directory

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..layers.attention import AttentionMetadata, PrefillChunk, get_backend
-from .sampler import Sampler, SamplerOutput, SamplingBatch, SamplingRow
+from .sampling import Sampler, SamplerOutput, SamplingBatch, SamplingRow
 from .scheduler import ScheduledSeq
 
 

@@ -1,4 +1,4 @@
-"""What every loader returns, and the one error type for bad model files."""
+"""What every loader returns (ModelLoadError lives in model/errors.py and is re-exported here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,13 +7,10 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 
 from ..config import ModelConfig
+from ..errors import ModelLoadError
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
-
-
-class ModelLoadError(ValueError):
-    """A model file is missing, truncated, malformed or unsupported. The message names the file."""
 
 
 @dataclass
@@ -30,3 +27,6 @@ class Checkpoint:
     weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
     eos_token_ids: list[int] = field(default_factory=list)  # every id that ends generation
     default_name: str = "model"  # the name to serve it under by default
+
+
+__all__ = ["Checkpoint", "ModelLoadError"]

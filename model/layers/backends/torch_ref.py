@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import AttentionMetadata, gather_context, sequence_chunks
+from ..paged_kv import AttentionMetadata, gather_context, sequence_chunks
 
 
 def attention(
