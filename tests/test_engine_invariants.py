@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from model import LLM, SamplingParams
+from model.engine.runtime import resolve_dtype
 from model.engine.sequence import SequenceStatus
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -34,12 +36,25 @@ def new_llm(path: str, **kw) -> LLM:
     return LLM(path, **opts)
 
 
-def test_batched_equals_one_by_one(tiny_llm):
+# Every dtype the engine may pick by default on this machine (a set: just float32 where `auto` is fp32).
+DEFAULT_DTYPES = sorted({"float32", str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")})
+
+
+@pytest.fixture(scope="module", params=DEFAULT_DTYPES)
+def default_dtype_llm(request, tiny_llama_dir, tiny_llm):
+    """The shared fp32 engine, or one like it in the other dtype `auto` picks here."""
+    if request.param == "float32":
+        return tiny_llm
+    return new_llm(tiny_llama_dir, dtype=request.param, max_num_seqs=16, max_num_batched_tokens=256)
+
+
+def test_batched_equals_one_by_one(default_dtype_llm):
+    llm = default_dtype_llm
     prompts = make_prompts(8)
     assert len({len(p) for p in prompts}) > 4
-    alone = [tokens(tiny_llm, [p])[0] for p in prompts]
-    assert tokens(tiny_llm, prompts) == alone
-    assert_idle(tiny_llm)
+    alone = [tokens(llm, [p])[0] for p in prompts]
+    assert tokens(llm, prompts) == alone
+    assert_idle(llm)
 
 
 def test_prefix_cache_on_equals_off_and_hits(tiny_llama_dir):
@@ -81,15 +96,17 @@ def test_preemption_equals_large_pool(tiny_llama_dir, tiny_llm):
     assert_idle(small)
 
 
-def test_seeded_sampling_is_independent_of_the_batch(tiny_llm):
+def test_seeded_sampling_is_independent_of_the_batch(default_dtype_llm):
+    llm = default_dtype_llm
     params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=20, seed=1234, ignore_eos=True)
-    alone = tiny_llm.generate([[5, 6, 7, 8]], params)[0].token_ids
+    alone = llm.generate([[5, 6, 7, 8]], params)[0].token_ids
     others = SamplingParams(temperature=0.8, max_tokens=20, ignore_eos=True)
-    mixed = tiny_llm.generate(make_prompts(3, seed=5) + [[5, 6, 7, 8]], [others] * 3 + [params])[3].token_ids
+    mixed = llm.generate(make_prompts(3, seed=5) + [[5, 6, 7, 8]], [others] * 3 + [params])[3].token_ids
     assert alone == mixed
-    unseeded = {tuple(tiny_llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0].token_ids)
+    unseeded = {tuple(llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0].token_ids)
                 for _ in range(3)}
     assert len(unseeded) > 1
+    assert_idle(llm)
 
 
 def test_n_choices_and_stop_token_ids(tiny_llm):

@@ -42,14 +42,14 @@ def build(config: EngineConfig) -> BuiltEngine:
     t0 = time.monotonic()
     ckpt = load_checkpoint(config.model)
     device = resolve_device(config.device)
+    if device.type == "cpu":  # before resolve_dtype: its bf16-vs-fp32 measurement runs on these threads
+        torch.set_num_threads(config.num_threads or num_threads_default())
     dtype = resolve_dtype(config.dtype, device)
     if config.quantization == "fp16" and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(
             "quantization 'fp16' (float16 weights, float32 math) runs on the CPU in float32: "
             f"use device cpu and dtype float32 or auto, not {device.type} / {str(dtype).removeprefix('torch.')}"
         )
-    if device.type == "cpu":
-        torch.set_num_threads(config.num_threads or num_threads_default())
     model = build_model(ckpt, device, dtype, config.quantization)
     release_free_heap_memory()
 
