@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 try:
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     __version__ = _version("kvserve")
 except PackageNotFoundError:  # running from a source tree that is not installed

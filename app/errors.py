@@ -2,7 +2,9 @@
 
 Every error a client sees is `{"error": {"message", "type", "param", "code"}}`:
 validation errors are 400 (not FastAPI's 422), unknown routes 404, unexpected exceptions 500
-without internals (the traceback goes to the log only).
+without internals (the traceback goes to the log only). The engine's errors map in one place,
+`api_error_of`: InvalidParamError -> 400 naming its `.param`, ContextLengthError -> 400
+context_length_exceeded, a shutdown abort or a dead engine -> 503.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from model.errors import ContextLengthError, EngineDeadError, InvalidParamError, RequestAbortedError
 
 log = logging.getLogger("kvserve.app")
 
@@ -55,6 +59,25 @@ def context_length_exceeded(max_model_len: int, prompt_tokens: int, max_tokens: 
         f"({prompt_tokens} in the {what}{tail}). Please reduce the length of the {what} or completion.",
         INVALID_REQUEST, param, "context_length_exceeded",
     )
+
+
+def api_error_of(exc: BaseException) -> APIError:
+    """Any exception as the error the client sees (used by the handlers below and by SSE error events)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return context_length_exceeded(exc.max_model_len, exc.num_prompt_tokens, exc.max_tokens,
+                                       exc.param or "prompt")
+    if isinstance(exc, InvalidParamError):
+        return bad_request(str(exc), exc.param)
+    if isinstance(exc, RequestAbortedError):
+        return APIError(503, "the server shut down before the request finished; retry it", UNAVAILABLE, None,
+                        "shutdown_timeout")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, "the engine stopped after an internal error; restart the server",
+                        UNAVAILABLE, None, "engine_dead")
+    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return APIError(500, "internal server error", SERVER_ERROR, None, "internal_error")
 
 
 def error_body(message: str, type: str = INVALID_REQUEST, param: str | None = None,
@@ -118,6 +141,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: APIError) -> Response:
         return api_error_response(exc)
 
+    async def _engine_error(_request: Request, exc: Exception) -> Response:
+        return api_error_response(api_error_of(exc))
+
+    for kind in (InvalidParamError, EngineDeadError, RequestAbortedError):  # ContextLengthError: a subclass
+        app.add_exception_handler(kind, _engine_error)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
         message, param = _describe_validation(list(exc.errors()))
@@ -125,7 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code, type = _HTTP_CODES.get(exc.status_code, (None, INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR))
+        default = (None, INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR)
+        code, type = _HTTP_CODES.get(exc.status_code, default)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:

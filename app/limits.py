@@ -1,9 +1,48 @@
-"""Request limits: the body size cap (413) and the admission queue (429 + Retry-After)."""
+"""Request limits: header count and size (431), the body size cap (413), the admission queue (429).
+
+The header limits hold for the request line plus the header lines: at most MAX_HEADERS fields and
+MAX_HEADER_BYTES bytes. uvicorn's h11 refuses an incomplete head beyond MAX_HEADER_BYTES while it
+arrives (app/http_protocol.py answers that with the same 431); `HeaderLimitMiddleware` checks a head
+that arrived whole, and the count.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from .errors import INVALID_REQUEST, RATE_LIMIT, APIError, send_error
+
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+HEADERS_TOO_LARGE = "request_header_fields_too_large"
+
+
+def head_size(scope: dict) -> int:
+    """Bytes of the request line and header lines as sent (CRLFs included, give or take the version)."""
+    line = len(scope.get("method", "")) + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    return line + 12 + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+
+
+class HeaderLimitMiddleware:
+    """431 in the envelope for more than `max_headers` header fields or a head over `max_bytes`."""
+
+    def __init__(self, app: Any, max_headers: int = MAX_HEADERS, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_headers = max_headers
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            count = len(scope.get("headers", ()))
+            if count > self.max_headers:
+                message = f"the request has {count} header fields; the limit is {self.max_headers}"
+            elif head_size(scope) > self.max_bytes:
+                message = f"the request line and headers are larger than the limit of {self.max_bytes} bytes"
+            else:
+                message = ""
+            if message:
+                await send_error(send, 431, message, INVALID_REQUEST, HEADERS_TOO_LARGE, {"Connection": "close"})
+                return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:

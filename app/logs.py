@@ -8,6 +8,10 @@
   prompt is logged only with `--log-prompts`. /health and /metrics log at debug (probes and scrapes).
 - `log_engine_stats`: every few seconds while requests run, one line with running / waiting
   sequences, KV-cache usage and prompt / generation tokens per second.
+
+Nothing here knows the server state: the middleware gets a `count_http` callable and the stats loop
+callables for the engine's stats snapshot and the admission count. Text a client sent (a path, a
+prompt with a lone surrogate) is escaped on the way out, so no line fails to encode.
 """
 from __future__ import annotations
 
@@ -18,24 +22,31 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .context import SCOPE_KEY, RequestInfo
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-
-    from .metrics import Metrics
-    from .state import ServerState
+    from model import EngineStats
 
 access_log = logging.getLogger("kvserve.access")
 stats_log = logging.getLogger("kvserve.stats")
 
 REQUEST_ID_HEADER = b"x-request-id"
-_SCOPE_KEY = "kvserve.request"
 _VALID_ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no spaces: safe to echo and to log
 QUIET_PATHS = frozenset({"/health", "/metrics"})
 _PROMPT_LOG_CHARS = 4096
+_PATH_LOG_CHARS = 512
+
+
+def _encodable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (lone surrogates from a client's JSON) written as escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -58,7 +69,14 @@ class JsonFormatter(logging.Formatter):
                 out.setdefault(key, value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _encodable(json.dumps(out, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """The readable format, with unencodable characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _encodable(super().format(record))
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
@@ -66,7 +84,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # warnings go through the same format (json stays one object per line)
 
@@ -87,24 +105,6 @@ def _text(fields: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ per request
 
 
-@dataclass
-class RequestInfo:
-    """What the serving layer tells the request log about one HTTP request (kept in the ASGI scope)."""
-
-    request_id: str
-    start: float = field(default_factory=time.monotonic)  # time.monotonic() when the request arrived
-    completion_id: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reasons: list[str] = field(default_factory=list)
-    stream: bool | None = None
-    prompt: Any = None  # set only with --log-prompts
-
-
-def request_info(request: "Request") -> RequestInfo | None:
-    return request.scope.get(_SCOPE_KEY)
-
-
 def _client_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
@@ -114,9 +114,11 @@ def _client_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: Any, metrics: "Metrics", known_paths: Iterable[str] = ()) -> None:
+    """`count_http(method, route, status)` is called once per response (the HTTP request counter)."""
+
+    def __init__(self, app: Any, count_http: Callable[[str, str, int], None], known_paths: Iterable[str] = ()) -> None:
         self.app = app
-        self.metrics = metrics
+        self.count_http = count_http
         self.known_paths = frozenset(known_paths)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -124,7 +126,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         info = RequestInfo(_client_request_id(scope.get("headers", ())) or uuid.uuid4().hex)
-        scope[_SCOPE_KEY] = info
+        scope[SCOPE_KEY] = info
         status: int | None = None
         header = (REQUEST_ID_HEADER, info.request_id.encode("latin-1"))
 
@@ -153,10 +155,12 @@ class RequestLogMiddleware:
 
     def _done(self, scope: dict, info: RequestInfo, status: int) -> None:
         method, path = scope["method"], scope["path"]
-        self.metrics.count_http(method, self._route(scope), status)
+        self.count_http(method, self._route(scope), status)
         level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
         if not access_log.isEnabledFor(level):
             return
+        if len(path) > _PATH_LOG_CHARS:
+            path = path[:_PATH_LOG_CHARS] + "..."
         fields: dict[str, Any] = {
             "request_id": info.request_id, "method": method, "path": path, "status": status,
             "latency_ms": round((time.monotonic() - info.start) * 1000, 1),
@@ -178,19 +182,19 @@ class RequestLogMiddleware:
 # ------------------------------------------------------------------------------------------ engine stats
 
 
-async def log_engine_stats(state: "ServerState", interval: float) -> None:
-    """Every `interval` seconds while the engine has work (or did some since the last line), log its stats."""
+async def log_engine_stats(stats: Callable[[], "EngineStats | None"], in_flight: Callable[[], int],
+                           interval: float) -> None:
+    """Every `interval` seconds while the engine has work (or did some since the last line), log its stats.
+
+    `stats()` is the engine's latest snapshot (None while loading); `in_flight()` the admitted requests."""
     prev: tuple[float, int, int, int, int] | None = None
     while True:
         await asyncio.sleep(interval)
-        engine = state.engine
-        if engine is None:
+        st = stats()
+        if st is None:
             continue
-        core = engine.engine
-        st = core.stats()
         now = time.monotonic()
-        cur = (now, core.num_prompt_tokens_total, core.num_generation_tokens_total, st.prefix_queries,
-               st.prefix_hits)
+        cur = (now, st.prompt_tokens_total, st.generation_tokens_total, st.prefix_queries, st.prefix_hits)
         if prev is None:  # the first line comes one interval after the engine is up
             prev = cur
             continue
@@ -205,6 +209,6 @@ async def log_engine_stats(state: "ServerState", interval: float) -> None:
             "kv_usage_pct": round(100 * st.kv_usage, 1),
             "prompt_tokens_per_s": round(d_prompt / dt, 1), "generation_tokens_per_s": round(d_gen / dt, 1),
             "prefix_hit_pct": round(100 * d_hits / d_queries, 1) if d_queries else None,
-            "requests_in_flight": state.admission.in_flight, "preemptions": st.num_preemptions,
+            "requests_in_flight": in_flight(), "preemptions": st.num_preemptions,
         }
         stats_log.info("engine %s", _text(fields), extra={"fields": fields})

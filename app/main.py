@@ -6,7 +6,11 @@ until it is ready.
 SIGTERM (or SIGINT) drains: the socket stays open and new requests get 503 (`draining`), requests in
 flight may finish for up to --shutdown-timeout seconds, then the rest are aborted (streams end with
 an error event and [DONE]); then uvicorn closes the connections, the engine thread stops and the
-process exits with 0. A second signal skips the wait, a third stops at once.
+process exits with 0. A second signal skips the wait, a third stops at once. The steps are the phases
+of app/phase.py.
+
+HTTP/1.1 is uvicorn's h11 implementation, pinned (app/http_protocol.py): a request that is not valid
+HTTP gets a 400 in the OpenAI envelope, one whose request line and headers outgrow the limit a 431.
 """
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, AsyncIterator
 
-from .settings import Settings, build_parser, parse_settings
+from .cli_args import build_parser, parse_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from .settings import Settings
 
 log = logging.getLogger("kvserve")
 
@@ -28,20 +34,21 @@ log = logging.getLogger("kvserve")
 CONNECTION_CLOSE_TIMEOUT_S = 3
 
 
-def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
+def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     """The app for `settings`. Without `engine` it loads one in the background at start-up."""
-    # Imported here so that `kvserve --help` and flag errors answer at once (torch takes seconds to import).
+    # Imported here so that flag errors answer at once (the engine package imports torch: seconds).
     from fastapi import FastAPI
 
     from . import __version__
     from .auth import APIKeyMiddleware
     from .errors import install_error_handlers
-    from .limits import BodySizeLimitMiddleware
+    from .limits import BodySizeLimitMiddleware, HeaderLimitMiddleware
     from .logs import RequestLogMiddleware, log_engine_stats
     from .routes import router
     from .serving.chat import ChatServing
     from .serving.completions import CompletionServing
     from .serving.tokenize import TokenizeServing
+    from .settings import Settings
     from .state import ServerState
 
     settings = settings or Settings()
@@ -50,12 +57,13 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     @asynccontextmanager
     async def lifespan(_app: "FastAPI") -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load()) if state.engine is None else None
-        stats = (asyncio.create_task(log_engine_stats(state, settings.log_stats_interval))
+        stats = (asyncio.create_task(log_engine_stats(state.engine_stats, lambda: state.admission.in_flight,
+                                                      settings.log_stats_interval))
                  if settings.log_stats_interval > 0 else None)
         try:
             yield
         finally:
-            state.draining = True
+            state.begin_drain()
             for task in (loader, stats):
                 if task is not None and not task.done():
                     task.cancel()
@@ -69,7 +77,8 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
     app.state.tokenizing = TokenizeServing(state)
     install_error_handlers(app)
     app.include_router(router)
-    # Added last = outermost: the request log (ids, status counts), CORS, API keys, the body size limit.
+    # Added last = outermost: the request log (ids, status counts), the header limits, CORS, API keys, the
+    # body size limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys)
@@ -79,13 +88,18 @@ def create_app(settings: Settings | None = None, engine=None) -> "FastAPI":
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.allowed_origins,
                            expose_headers=["X-Request-Id"])
-    app.add_middleware(RequestLogMiddleware, metrics=state.metrics,
+    app.add_middleware(HeaderLimitMiddleware)
+    app.add_middleware(RequestLogMiddleware, count_http=state.metrics.count_http,
                        known_paths=[r.path for r in app.routes if "{" not in getattr(r, "path", "{")])
     return app
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: "Settings") -> int:
     import uvicorn
+
+    from .http_protocol import EnvelopeH11Protocol
+    from .limits import MAX_HEADER_BYTES
+    from .phase import Phase
 
     app = create_app(settings)
     state = app.state.kv
@@ -99,9 +113,9 @@ def serve(settings: Settings) -> int:
 
         def handle_exit(self, sig, frame) -> None:  # runs in the signal handler: only set flags
             self.signals += 1
-            state.draining = True
+            state.begin_drain()
             if self.signals == 2:
-                state.hurry = True
+                state.hurry()
             elif self.signals > 2:
                 self.force_exit = self.should_exit = True
 
@@ -113,12 +127,13 @@ def serve(settings: Settings) -> int:
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, lifespan="on")
+                            timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, lifespan="on",
+                            http=EnvelopeH11Protocol, ws="none", h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     server = _Server(config)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     state.is_started = lambda: server.started
     server.run()
-    return 2 if state.load_error is not None else 0
+    return 2 if state.phase is Phase.FAILED else 0
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 One CollectorRegistry per app (no global state). Three sources:
 
-- engine state, read from `LLMEngine.stats()` and its counters at scrape time (nothing on the hot
-  path): `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (0..1),
+- engine state, read at scrape time from the stats snapshot the engine thread publishes after each
+  step (`AsyncEngine.stats()`; nothing on the hot path): `vllm:num_requests_running`,
+  `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (0..1),
   `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`, `vllm:prefix_cache_queries_total`,
   `vllm:prefix_cache_hits_total`, `vllm:num_preemptions_total` (counters are exposed with the
   `_total` suffix, exactly as vLLM's are);
@@ -16,11 +17,14 @@ One CollectorRegistry per app (no global state). Three sources:
 - the process (`process_*`, `python_*`) and the HTTP layer: `kvserve:http_requests_total{method,route,status}`.
 
 Every vLLM-named series carries the `model_name` label (the first served name).
+
+Metrics only observe: they get callables for the stats snapshot, the admission count and the server
+phase, never the server state or the engine itself.
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,11 +38,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from model import RequestAbortedError, RequestOutput
+from model import EngineStats, RequestAbortedError, RequestOutput
+
+from .phase import Phase
 
 if TYPE_CHECKING:
-    from .logs import RequestInfo
-    from .state import ServerState
+    from .context import RequestInfo
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "FINISHED_REASONS"]
 
@@ -54,16 +59,17 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class _EngineCollector:
-    """Gauges and counters read from the engine at scrape time."""
+    """Gauges and counters read from the engine's stats snapshot at scrape time."""
 
-    def __init__(self, state: "ServerState") -> None:
-        self.state = state
+    def __init__(self, metrics: "Metrics") -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator:
-        engine = self.state.engine
-        if engine is None:
+        m = self.metrics
+        stats = m.stats()
+        if stats is None:  # still loading
             return
-        name = self.state.model_name or "unknown"
+        name = m.model_name or "unknown"
         labels = ["model_name"]
 
         def gauge(metric: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -76,31 +82,36 @@ class _EngineCollector:
             c.add_metric([name], value)
             return c
 
-        core = engine.engine
-        stats = core.stats()
         yield gauge("vllm:num_requests_running", "Sequences in the running batch.", stats.num_running)
         yield gauge("vllm:num_requests_waiting", "Sequences waiting to be scheduled.", stats.num_waiting)
         yield gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", stats.kv_usage)
         yield gauge("kvserve:kv_cache_free_blocks", "Free KV-cache blocks.", stats.num_free_blocks)
         yield gauge("kvserve:kv_cache_blocks", "KV-cache blocks in the pool.", stats.num_blocks)
         yield gauge("kvserve:requests_in_flight", "HTTP generation requests admitted and not finished.",
-                    self.state.admission.in_flight)
-        yield gauge("kvserve:draining", "1 while the server drains before shutting down.", float(self.state.draining))
-        yield counter("vllm:prompt_tokens", "Prompt tokens admitted to the engine.", core.num_prompt_tokens_total)
-        yield counter("vllm:generation_tokens", "Tokens generated.", core.num_generation_tokens_total)
+                    m.in_flight())
+        yield gauge("kvserve:draining", "1 while the server drains before shutting down.",
+                    float(m.phase().shutting_down))
+        yield counter("vllm:prompt_tokens", "Prompt tokens admitted to the engine.", stats.prompt_tokens_total)
+        yield counter("vllm:generation_tokens", "Tokens generated.", stats.generation_tokens_total)
         yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats.prefix_queries)
         yield counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", stats.prefix_hits)
         yield counter("vllm:num_preemptions", "Sequences preempted (KV cache full).", stats.num_preemptions)
 
 
 class Metrics:
-    def __init__(self, state: "ServerState") -> None:
-        self.state = state
+    """The app's registry. `stats`: the engine's latest snapshot (None while loading); `in_flight`: HTTP
+    generation requests admitted; `phase`: the server's life-cycle phase."""
+
+    def __init__(self, stats: Callable[[], EngineStats | None], in_flight: Callable[[], int],
+                 phase: Callable[[], Phase]) -> None:
+        self.stats = stats
+        self.in_flight = in_flight
+        self.phase = phase
         reg = self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         GCCollector(registry=reg)
-        reg.register(_EngineCollector(state))  # type: ignore[arg-type]
+        reg.register(_EngineCollector(self))  # type: ignore[arg-type]
         model = ["model_name"]
         self.request_success = Counter("vllm:request_success", "Requests that finished, by finish reason.",
                                        ["model_name", "finished_reason"], registry=reg)
@@ -118,6 +129,10 @@ class Metrics:
         self.http_requests = Counter("kvserve:http_requests", "HTTP requests answered, by route and status.",
                                      ["method", "route", "status"], registry=reg)
         self._bound: str | None = None
+
+    @property
+    def model_name(self) -> str | None:
+        return self._bound
 
     def bind_model(self, name: str) -> None:
         """Fix the model_name label (once the engine is up) and create the series at 0."""
@@ -157,7 +172,7 @@ class Metrics:
         queue_time: float | None = None
         counted = True
         try:
-            if self.state.aborting:
+            if self.phase().refuses_streams:
                 raise RequestAbortedError("the server is shutting down")
             async for out in stream:
                 now = time.monotonic()

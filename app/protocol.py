@@ -1,8 +1,8 @@
 """Request models (pydantic) and the builders of response / chunk dicts.
 
-Requests: OpenAI's fields plus vLLM's common sampling extras; unknown fields are ignored. Range
-checks live in `to_sampling_params` (SamplingParams raises ValueError with a clear message); the
-serving layer turns those into 400s.
+Requests: OpenAI's fields plus vLLM's common sampling extras; unknown fields are ignored. pydantic
+checks the JSON types; range checks live in SamplingParams, built by `to_sampling_params`, whose
+InvalidParamError names the request's own field (`request_field`); app.errors turns it into a 400.
 
 Responses are plain dicts serialized once with `json.dumps` (building pydantic models per SSE chunk
 costs more than the rest of the chunk path). The builders below are the one place that fixes their
@@ -14,11 +14,21 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from model import SamplingParams
+from model import InvalidParamError, SamplingParams
 
 MAX_PROMPTS = 128  # prompts in one /v1/completions request
 MAX_CHOICES = 256  # prompts * n
@@ -74,8 +84,14 @@ class SamplingRequest(_Request):
             return self.max_completion_tokens
         return self.max_tokens
 
+    def request_field(self, param: str | None) -> str | None:
+        """The name this request gave SamplingParams' field `param` (max_completion_tokens is an alias)."""
+        if param == "max_tokens" and self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return param
+
     def to_sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        """SamplingParams for this request; ValueError (naming the field) on a bad value."""
+        """SamplingParams for this request; InvalidParamError naming the request's field on a bad value."""
         bias = None
         if self.logit_bias:
             bias = {}
@@ -83,27 +99,33 @@ class SamplingRequest(_Request):
                 try:
                     bias[int(key)] = float(value)
                 except ValueError:
-                    raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-        return SamplingParams(
-            n=1 if self.n is None else self.n,
-            max_tokens=max_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=0 if self.top_k is None else self.top_k,
-            min_p=0.0 if self.min_p is None else self.min_p,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            logit_bias=bias,
-            seed=self.seed,
-            stop=self.stop,
-            stop_token_ids=self.stop_token_ids,
-            ignore_eos=self.ignore_eos,
-            min_tokens=self.min_tokens,
-            logprobs=logprobs,
-            skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output,
-        )
+                    raise InvalidParamError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        try:
+            return SamplingParams(
+                n=1 if self.n is None else self.n,
+                max_tokens=max_tokens,
+                temperature=1.0 if self.temperature is None else self.temperature,
+                top_p=1.0 if self.top_p is None else self.top_p,
+                top_k=0 if self.top_k is None else self.top_k,
+                min_p=0.0 if self.min_p is None else self.min_p,
+                presence_penalty=self.presence_penalty or 0.0,
+                frequency_penalty=self.frequency_penalty or 0.0,
+                repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+                logit_bias=bias,
+                seed=self.seed,
+                stop=self.stop,
+                stop_token_ids=self.stop_token_ids,
+                ignore_eos=self.ignore_eos,
+                min_tokens=self.min_tokens,
+                logprobs=logprobs,
+                skip_special_tokens=self.skip_special_tokens,
+                include_stop_str_in_output=self.include_stop_str_in_output,
+            )
+        except InvalidParamError as exc:
+            field = self.request_field(exc.param)
+            if exc.param is None or field is None or field == exc.param:
+                raise
+            raise InvalidParamError(str(exc).replace(exc.param, field, 1), field) from None
 
 
 class CompletionRequest(SamplingRequest):
@@ -114,12 +136,73 @@ class CompletionRequest(SamplingRequest):
     best_of: int | None = None
 
 
+def _invalid(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose text is `message` as written (the 400 handler prefixes the field)."""
+    return PydanticCustomError(kind, message)
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Request):
+    """One item of an assistant message's `tool_calls`: {"id", "type": "function", "function"}."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+# Checked as a ToolCall, then kept as the plain dict (unknown keys dropped) the chat template expects.
+TemplateToolCall = Annotated[ToolCall, AfterValidator(lambda call: call.model_dump())]
+
+CONTENT_ROLES = ("system", "developer", "user")
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    """One chat message, checked per role as OpenAI does (`check_role`); content parts other than
+    text are refused by the serving layer."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[TemplateToolCall] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def check_content(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise _invalid("content_type", "content must be a string or a list of content parts")
+        if not value:
+            raise _invalid("content_empty", "content must not be an empty list of content parts")
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _invalid("content_part", f"content[{j}] must be an object with a string 'type'")
+        return value
+
+    @model_validator(mode="after")
+    def check_role(self) -> "ChatMessage":
+        role = self.role
+        if role in CONTENT_ROLES and self.content is None:
+            raise _invalid("message_content", f"a '{role}' message needs 'content' (a string or a list of "
+                                              "content parts)")
+        if role == "assistant" and self.content is None and not self.tool_calls:
+            raise _invalid("message_content", "an 'assistant' message needs 'content' or 'tool_calls'")
+        if role == "tool":
+            if self.tool_call_id is None:
+                raise _invalid("message_tool_call_id", "a 'tool' message needs 'tool_call_id' (a string)")
+            if self.content is None:
+                raise _invalid("message_content", "a 'tool' message needs 'content'")
+        if role == "function" and self.name is None:
+            raise _invalid("message_name", "a 'function' message needs 'name'")
+        return self
+
+
+TOOL_CHOICE_MODES = ("none", "auto", "required")
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -127,9 +210,27 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: str | dict[str, Any] | None = None  # checked by check_tool_choice
     chat_template: str | None = None  # refused: templates come from the model or --chat-template
     add_generation_prompt: bool = True
+
+    def request_field(self, param: str | None) -> str | None:
+        # Chat's `logprobs` is a flag; the number of alternatives (SamplingParams.logprobs) is `top_logprobs`.
+        return "top_logprobs" if param == "logprobs" else super().request_field(param)
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def check_tool_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        named = (isinstance(value, dict) and value.get("type") == "function"
+                 and isinstance(value.get("function"), dict) and isinstance(value["function"].get("name"), str))
+        if not named and not (isinstance(value, str) and value in TOOL_CHOICE_MODES):
+            raise _invalid("tool_choice", 'must be "none", "auto", "required" or '
+                                          '{"type": "function", "function": {"name": "<tool name>"}}')
+        if (named or value == "required") and not info.data.get("tools"):
+            raise _invalid("tool_choice", "a required or named tool choice needs 'tools'")
+        return value
 
 
 class TokenizeRequest(_Request):

@@ -38,8 +38,8 @@ async def metrics(request: Request) -> Response:
 
 def _cards(state: ServerState) -> list[dict]:
     engine = state.ready_engine()
-    root = engine.engine.model_path
-    max_len = engine.engine.runtime.max_model_len
+    root = engine.model_path
+    max_len = engine.runtime.max_model_len
     return [model_card(name, state.created, root, max_len) for name in state.served_names]
 
 

@@ -1,4 +1,5 @@
-"""What the server knows at run time: settings, the engine (None while loading), admission, names."""
+"""What the server knows at run time: settings, the engine (None while loading), admission, names, and the
+life-cycle phase (app/phase.py) that the shutdown drain moves forward."""
 from __future__ import annotations
 
 import asyncio
@@ -7,15 +8,25 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from model import AsyncEngine
+from model import AsyncEngine, EngineStats
 
 from .errors import INVALID_REQUEST, UNAVAILABLE, APIError
 from .limits import Admission
 from .metrics import Metrics
+from .phase import Phase
 from .settings import Settings
 
 log = logging.getLogger("kvserve")
 T = TypeVar("T")
+_NAME_ECHO_CHARS = 200  # at most this much of an unknown model name is echoed in the 404
+
+
+def _echo(text: str) -> str:
+    """Client text made safe to put into an error message: UTF-8-encodable (a lone surrogate from the
+    request's JSON becomes an escape) and bounded."""
+    if len(text) > _NAME_ECHO_CHARS:
+        text = text[:_NAME_ECHO_CHARS] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -50,14 +61,12 @@ class ServerState:
     def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
         self.settings = settings
         self.engine: AsyncEngine | None = None
-        self.load_error: str | None = None
-        self.draining = False  # set on SIGTERM: new requests get 503, in-flight ones may finish
-        self.aborting = False  # set when the drain times out: requests still running are aborted
-        self.hurry = False  # set by a second signal: stop waiting for in-flight requests
+        self.phase = Phase.LOADING
+        self.load_error: str | None = None  # why the model did not load (Phase.FAILED), for the log
         self.admission = Admission(settings.max_queue)
         self.served_names: list[str] = []
         self.created = int(time.time())
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.engine_stats, lambda: self.admission.in_flight, lambda: self.phase)
         self.on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
         self.is_started: Callable[[], bool] | None = None  # set by the CLI: uvicorn is listening
         if engine is not None:
@@ -67,10 +76,27 @@ class ServerState:
     def model_name(self) -> str | None:
         return self.served_names[0] if self.served_names else None
 
+    def engine_stats(self) -> EngineStats | None:
+        """The engine's latest stats snapshot; None while loading."""
+        return self.engine.stats() if self.engine is not None else None
+
     def _set_engine(self, engine: AsyncEngine) -> None:
-        self.served_names = list(self.settings.served_model_names) or [engine.engine.served_name]
+        self.served_names = list(self.settings.served_model_names) or [engine.served_name]
         self.metrics.bind_model(self.served_names[0])
         self.engine = engine
+        self._advance(Phase.SERVING)
+
+    def _advance(self, phase: Phase) -> None:
+        self.phase = self.phase.advance(phase)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: new requests get 503 from now on (signal-handler safe: one assignment)."""
+        self._advance(Phase.DRAINING)
+
+    def hurry(self) -> None:
+        """A second signal: stop waiting for the requests in flight and abort them."""
+        if self.phase is Phase.DRAINING:
+            self.phase = Phase.ABORTING
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -85,12 +111,13 @@ class ServerState:
             engine.start()
         except Exception as exc:  # noqa: BLE001 - any load failure ends the server with one clear line
             self.load_error = str(exc) or type(exc).__name__
+            self._advance(Phase.FAILED)
             log.error("cannot load the model: %s", self.load_error)
             if self.on_fatal is not None:
                 self.on_fatal()
             return
         self._set_engine(engine)
-        rt = engine.engine.runtime
+        rt = engine.runtime
         log.info("model ready in %.1fs: %s, max_model_len %d, %d KV blocks of %d tokens",
                  time.monotonic() - t0, self.model_name, rt.max_model_len, rt.num_blocks, rt.block_size)
         while self.is_started is not None and not self.is_started():
@@ -100,9 +127,9 @@ class ServerState:
 
     async def drain(self, timeout: float) -> None:
         """After SIGTERM: let generation requests in flight finish for up to `timeout` seconds (or until a
-        second signal sets `hurry`), then abort the rest; their streams end with an error event and
-        [DONE], non-streaming ones get a 503. Returns when no generation request is in flight."""
-        self.draining = True
+        second signal moves the phase to ABORTING), then abort the rest; their streams end with an error
+        event and [DONE], non-streaming ones get a 503. Returns when no generation request is in flight."""
+        self.begin_drain()
         admission = self.admission
         loop = asyncio.get_running_loop()
         if admission.in_flight:
@@ -112,13 +139,14 @@ class ServerState:
             log.info("shutting down: no request in flight")
             return
         deadline = loop.time() + timeout
-        while admission.in_flight and not self.hurry and loop.time() < deadline:
+        while admission.in_flight and self.phase is Phase.DRAINING and loop.time() < deadline:
             await asyncio.sleep(0.02)
         if admission.in_flight:
-            self.aborting = True
+            hurried = self.phase is Phase.ABORTING  # only a second signal moves it there during the wait
+            self._advance(Phase.ABORTING)
             aborted = self.engine.abort_all("the server is shutting down") if self.engine is not None else 0
             log.warning("shutdown: %s; aborted %d engine request(s) of %d HTTP request(s) still running",
-                        "second signal" if self.hurry else f"timeout of {timeout:g}s reached", aborted,
+                        "second signal" if hurried else f"timeout of {timeout:g}s reached", aborted,
                         admission.in_flight)
             deadline = loop.time() + 2.0
             while admission.in_flight and loop.time() < deadline:
@@ -127,22 +155,23 @@ class ServerState:
             log.info("shutdown: every request finished")
 
     def shutdown(self) -> None:
-        self.draining = True
+        """Stop the engine thread (blocks up to its join timeout: call it off the event loop)."""
+        self._advance(Phase.STOPPED)
         if self.engine is not None:
             self.engine.shutdown()
 
     # ---- per request -----------------------------------------------------------------------------
 
     def health_error(self) -> APIError | None:
-        if self.load_error is not None:
-            return APIError(503, f"the model failed to load: {self.load_error}", UNAVAILABLE, None, "load_failed")
+        if self.phase is Phase.FAILED:  # the reason (which may name files) goes to the log only
+            return APIError(503, "the model failed to load; see the server log", UNAVAILABLE, None, "load_failed")
         if self.engine is None:
             return APIError(503, "the model is still loading", UNAVAILABLE, None, "model_loading",
                             {"Retry-After": "2"})
         if self.engine.is_dead:
             return APIError(503, "the engine stopped after an internal error; restart the server",
                             UNAVAILABLE, None, "engine_dead")
-        if self.draining:
+        if self.phase.shutting_down:
             return APIError(503, "the server is shutting down", UNAVAILABLE, None, "draining")
         return None
 
@@ -160,5 +189,5 @@ class ServerState:
             return self.served_names[0]
         if name in self.served_names:
             return name
-        raise APIError(404, f"The model '{name}' does not exist; this server serves {', '.join(self.served_names)}",
-                       INVALID_REQUEST, "model", "model_not_found")
+        raise APIError(404, f"The model '{_echo(name)}' does not exist; this server serves "
+                       f"{', '.join(self.served_names)}", INVALID_REQUEST, "model", "model_not_found")

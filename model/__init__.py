@@ -3,35 +3,56 @@
     from model import LLM, SamplingParams
     llm = LLM()  # the embedded SmolLM2-135M-Instruct
     print(llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=16))[0].text)
-"""
-from .config import EngineConfig, ModelConfig
-from .engine.async_engine import AsyncEngine, RequestStream
-from .engine.llm import LLM
-from .engine.llm_engine import LLMEngine
-from .engine.runtime import RuntimeInfo
-from .engine.stats import EngineStats
-from .errors import ContextLengthError, EngineDeadError, InvalidParamError, ModelLoadError, RequestAbortedError
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
-from .sampling_params import SamplingParams
 
-__all__ = [
-    "LLM",
-    "AsyncEngine",
-    "ContextLengthError",
-    "EngineStats",
-    "InvalidParamError",
-    "RequestStream",
-    "RuntimeInfo",
-    "EngineConfig",
-    "EngineDeadError",
-    "LLMEngine",
-    "ModelConfig",
-    "ModelLoadError",
-    "SamplingParams",
-    "RequestOutput",
-    "RequestMetrics",
-    "RequestAbortedError",
-    "CompletionOutput",
-    "Logprob",
-    "TokenLogprobs",
-]
+The public names are imported on first use (PEP 562), so `from model import EngineConfig` or an
+error type does not pull in torch: `kvserve serve --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "EngineConfig": ".config",
+    "ModelConfig": ".config",
+    "AsyncEngine": ".engine.async_engine",
+    "RequestStream": ".engine.async_engine",
+    "LLM": ".engine.llm",
+    "LLMEngine": ".engine.llm_engine",
+    "RuntimeInfo": ".engine.runtime",
+    "EngineStats": ".engine.stats",
+    "ContextLengthError": ".errors",
+    "EngineDeadError": ".errors",
+    "InvalidParamError": ".errors",
+    "ModelLoadError": ".errors",
+    "RequestAbortedError": ".errors",
+    "CompletionOutput": ".outputs",
+    "Logprob": ".outputs",
+    "RequestMetrics": ".outputs",
+    "RequestOutput": ".outputs",
+    "TokenLogprobs": ".outputs",
+    "SamplingParams": ".sampling_params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)
+
+
+if TYPE_CHECKING:
+    from .config import EngineConfig, ModelConfig
+    from .engine.async_engine import AsyncEngine, RequestStream
+    from .engine.llm import LLM
+    from .engine.llm_engine import LLMEngine
+    from .engine.runtime import RuntimeInfo
+    from .engine.stats import EngineStats
+    from .errors import ContextLengthError, EngineDeadError, InvalidParamError, ModelLoadError, RequestAbortedError
+    from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
+    from .sampling_params import SamplingParams

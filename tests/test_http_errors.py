@@ -133,7 +133,8 @@ def test_503_after_engine_death():
     from app.main import create_app
     from app.settings import Settings
 
-    dead = SimpleNamespace(engine=SimpleNamespace(served_name="fake"), is_dead=True, shutdown=lambda: None)
+    dead = SimpleNamespace(engine=SimpleNamespace(served_name="fake"), served_name="fake", is_dead=True,
+                           shutdown=lambda: None)
 
     async def run():
         transport = httpx.ASGITransport(app=create_app(Settings(), engine=dead))
@@ -157,6 +158,12 @@ def test_every_error_has_the_envelope(base_url):
     err = assert_error(post(base_url, "/v1/chat/completions",
                             {"messages": USER, "response_format": {"type": "json_object"}}), 400)
     assert "not supported yet" in err["message"]
+    # The parameter is named as the request spelled it (the alias, chat's top_logprobs), in the text too.
+    err = assert_error(post(base_url, "/v1/chat/completions", {"messages": USER, "max_completion_tokens": -1}), 400)
+    assert err["message"].startswith("max_completion_tokens "), err
+    err = assert_error(post(base_url, "/v1/chat/completions",
+                            {"messages": USER, "logprobs": True, "top_logprobs": 21}), 400)
+    assert err["message"].startswith("top_logprobs ") and "20" in err["message"], err
 
 
 def test_unknown_routes_and_methods(base_url):
@@ -181,6 +188,9 @@ def test_context_length_exceeded_before_any_sse_byte(base_url):
         r = post(base_url, "/v1/completions", {"prompt": long_ids, "stream": stream})
         err = assert_error(r, 400, "context_length_exceeded", "prompt")
         assert "512" in err["message"]
+        assert err["message"] == ("This model's maximum context length is 512 tokens. However, you requested 616 "
+                                  "tokens (600 in the prompt, 16 in the completion). Please reduce the length of "
+                                  "the prompt or completion."), err
     # Fits alone, but not with max_tokens: prompt + max_tokens > max_model_len.
     assert_error(post(base_url, "/v1/completions", {"prompt": [5] * 500, "max_tokens": 20, "stream": True}),
                  400, "context_length_exceeded")
@@ -246,6 +256,18 @@ def test_non_streaming_disconnect_aborts_and_frees_blocks(tiny_server):
     after = tiny_server.wait_idle(timeout=5)
     generated = after["vllm:generation_tokens_total"] - base["vllm:generation_tokens_total"]
     assert generated < n * max_tokens / 2, generated
+
+
+def test_refused_later_prompt_leaves_nothing_running(tiny_server):
+    """With several prompts, one the engine refuses (after others were submitted) gives a 400 and no work."""
+    base = tiny_server.wait_idle()
+    body = {"model": TINY_NAME, "prompt": [[5, 6, 7], [5, 10**6]], "n": 8, "max_tokens": 480, "ignore_eos": True}
+    for stream in (False, True):
+        assert_error(post(tiny_server.base_url, "/v1/completions", {**body, "stream": stream}), 400, param="prompt")
+    after = tiny_server.wait_idle(timeout=5)
+    generated = after["vllm:generation_tokens_total"] - base["vllm:generation_tokens_total"]
+    assert generated < 8 * 480 / 2, generated
+    assert post(tiny_server.base_url, "/v1/completions", {"prompt": "Hi", "max_tokens": 1}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------- restricted server

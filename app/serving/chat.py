@@ -12,75 +12,16 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from model import AsyncEngine, RequestOutput, SamplingParams
-from model.sampling_params import MAX_LOGPROBS
+from model import RequestOutput, SamplingParams
 
 from ..errors import bad_request
-from ..protocol import SSE_DONE, ChatCompletionRequest, ChatMessage, chat_completion_id, now, sse_frame, usage
-from .base import (
-    ClientGone,
-    Serving,
-    SSEResponse,
-    build_sampling_params,
-    check_common,
-    check_context,
-    check_text,
-    encode_checked,
-    error_frame,
-    finish_reason,
-    generation_error,
-    last_item,
-    merge_streams,
-    until_disconnect,
-)
-
-TEXT_PART_TYPES = ("text", "input_text")
-
-
-def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template sees them: string content (text parts joined by newlines)."""
-    out = []
-    for i, m in enumerate(messages):
-        content = m.content
-        if content is None:
-            text = ""
-        elif isinstance(content, str):
-            text = content
-        else:
-            parts = []
-            for j, part in enumerate(content):
-                kind = part.get("type")
-                if kind not in TEXT_PART_TYPES:
-                    raise bad_request(f"messages[{i}].content[{j}]: only text content parts are supported, "
-                                      f"got type {kind!r}", "messages")
-                value = part.get("text")
-                if not isinstance(value, str):
-                    raise bad_request(f"messages[{i}].content[{j}].text must be a string", "messages")
-                parts.append(value)
-            text = "\n".join(parts)
-        check_text(text, "messages")
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": text}
-        if m.name is not None:
-            check_text(m.name, "messages")
-            msg["name"] = m.name
-        if m.tool_calls:
-            msg["tool_calls"] = m.tool_calls
-        if m.tool_call_id is not None:
-            msg["tool_call_id"] = m.tool_call_id
-        out.append(msg)
-    return out
-
-
-def render_and_tokenize(engine: AsyncEngine, messages: list[dict[str, Any]], add_generation_prompt: bool,
-                        add_special_tokens: bool = False) -> list[int]:
-    """The chat template applied, then tokenized (runs in a worker thread). 400 on a template error."""
-    try:
-        text = engine.engine.render_chat(messages, add_generation_prompt=add_generation_prompt)
-    except ValueError as exc:
-        raise bad_request(str(exc), "messages") from None
-    check_text(text, "messages")
-    # The template already holds any BOS text: by default do not add special tokens again.
-    return encode_checked(engine.tokenizer, text, add_special_tokens, "messages")
+from ..protocol import SSE_DONE, ChatCompletionRequest, chat_completion_id, now, sse_frame, usage
+from .base import Serving
+from .logprobs import finish_reason
+from .prompts import render_and_tokenize, template_messages
+from .sse import SSEResponse, error_frame
+from .streams import merge_streams
+from .validation import check_common
 
 
 class ChatServing(Serving):
@@ -88,48 +29,39 @@ class ChatServing(Serving):
         state = self.state
         engine = state.ready_engine()
         model_name = state.resolve_model(req.model)
-        rt = engine.engine.runtime
         if req.chat_template is not None:
             raise bad_request("a chat template in the request is not accepted; the server uses the model's "
                               "template or the one given with --chat-template", "chat_template")
         if req.tools and req.tool_choice != "none":
             raise bad_request("tool calling is not supported yet", "tools")
         check_common(req)
-        if req.top_logprobs is not None:
-            if not req.logprobs:
-                raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-            if not 0 <= req.top_logprobs <= MAX_LOGPROBS:
-                raise bad_request(f"top_logprobs must be between 0 and {MAX_LOGPROBS}, got {req.top_logprobs}",
-                                  "top_logprobs")
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None  # its range: SamplingParams
         max_tokens = req.requested_max_tokens()  # None: up to the context limit
-        params = build_sampling_params(req, max_tokens, logprobs, rt.vocab_size)
+        params = req.to_sampling_params(max_tokens, logprobs)
         messages = template_messages(req.messages)
 
+        request_id = chat_completion_id()
         state.admission.acquire()
         try:
             ids = await asyncio.to_thread(render_and_tokenize, engine, messages, req.add_generation_prompt)
-            check_context(len(ids), params.max_tokens, rt.max_model_len, "messages")
+            streams = await self.submit(engine, [(request_id, ids)], params, "messages")
         except BaseException:
             state.admission.release()
             raise
-        request_id = chat_completion_id()
         created = now()
         info = self.request_info(raw, request_id, bool(req.stream), messages)
-        stream = self.generate(ids, params, request_id, info)
+        gen = self.generation(streams, [len(ids)], params, info)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = self._stream(stream, request_id, created, model_name, params, len(ids), req, include_usage)
-            return SSEResponse(body, on_close=state.admission.release)
-        try:
-            final = await until_disconnect(raw, last_item(stream))
-        except ClientGone:
+            body = self._stream(gen.outputs[0], request_id, created, model_name, params, len(ids), req,
+                                include_usage)
+            return SSEResponse(body, on_close=gen.aclose)
+        finals = await self.final_outputs(raw, gen)
+        if finals is None:
             return Response(status_code=499)
-        except Exception as exc:  # noqa: BLE001
-            raise generation_error(exc) from None
-        finally:
-            state.admission.release()
-        return JSONResponse(self._response(final, request_id, created, model_name, params, req))
+        return JSONResponse(self._response(finals[0], request_id, created, model_name, params, req))
 
     def _response(self, out: RequestOutput, request_id: str, created: int, model_name: str,
                   params: SamplingParams, req: ChatCompletionRequest) -> dict:

@@ -12,66 +12,18 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from model import AsyncEngine, RequestOutput, SamplingParams
+from model import RequestOutput, SamplingParams
 
 from ..errors import bad_request
-from ..protocol import MAX_CHOICES, MAX_PROMPTS, SSE_DONE, CompletionRequest, completion_id, now, sse_frame, usage
-from .base import (
-    ClientGone,
-    Serving,
-    SSEResponse,
-    build_sampling_params,
-    check_common,
-    check_context,
-    check_text,
-    encode_checked,
-    error_frame,
-    finish_reason,
-    generation_error,
-    last_item,
-    merge_streams,
-    until_disconnect,
-)
+from ..protocol import MAX_CHOICES, SSE_DONE, CompletionRequest, completion_id, now, sse_frame, usage
+from .base import Serving
+from .logprobs import finish_reason
+from .prompts import encode_prompts, normalize_prompts
+from .sse import SSEResponse, error_frame
+from .streams import merge_streams
+from .validation import check_common
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-_PROMPT_FORMS = "a string, a list of strings, a list of token ids or a list of token-id lists"
-
-
-def _is_token(x: Any) -> bool:
-    return type(x) is int  # not bool
-
-
-def normalize_prompts(prompt: Any, vocab_size: int) -> list[str | list[int]]:
-    """The request's prompt(s) as a list of texts / token-id lists; 400 with a clear message if malformed."""
-    if prompt is None:
-        raise bad_request("'prompt' is required", "prompt")
-    if isinstance(prompt, str):
-        items: list[Any] = [prompt]
-    elif isinstance(prompt, list):
-        if not prompt:
-            raise bad_request("the prompt is empty", "prompt")
-        if all(isinstance(p, str) for p in prompt):
-            items = list(prompt)
-        elif all(_is_token(t) for t in prompt):
-            items = [prompt]
-        elif all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt):
-            items = list(prompt)
-        else:
-            raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
-    else:
-        raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
-    if len(items) > MAX_PROMPTS:
-        raise bad_request(f"at most {MAX_PROMPTS} prompts are allowed in one request, got {len(items)}", "prompt")
-    for item in items:
-        if isinstance(item, str):
-            check_text(item, "prompt")
-            continue
-        if not item:
-            raise bad_request("a token-id prompt is empty", "prompt")
-        for tok in item:
-            if not 0 <= tok < vocab_size:
-                raise bad_request(f"prompt token id {tok} is outside the vocabulary (0..{vocab_size - 1})", "prompt")
-    return items
 
 
 class CompletionServing(Serving):
@@ -79,58 +31,40 @@ class CompletionServing(Serving):
         state = self.state
         engine = state.ready_engine()
         model_name = state.resolve_model(req.model)
-        rt = engine.engine.runtime
         check_common(req)
-        prompts = normalize_prompts(req.prompt, rt.vocab_size)
+        prompts = normalize_prompts(req.prompt)
         if req.suffix:
             raise bad_request("'suffix' is not supported", "suffix")
         if req.echo and req.logprobs is not None:
             raise bad_request("'echo' together with 'logprobs' needs prompt logprobs, which are not supported yet",
                               "echo")
         max_tokens = req.requested_max_tokens()
-        params = build_sampling_params(req, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
-                                       req.logprobs, rt.vocab_size)
+        params = req.to_sampling_params(DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, req.logprobs)
         if req.best_of is not None and req.best_of != params.n:
             raise bad_request("'best_of' is not supported (only best_of == n)", "best_of")
         if len(prompts) * params.n > MAX_CHOICES:
             raise bad_request(f"prompts x n may be at most {MAX_CHOICES}", "n")
 
+        request_id = completion_id()
         state.admission.acquire()
         try:
-            prepared = await asyncio.to_thread(self._tokenize, engine, prompts, req.echo)
-            for ids, _text in prepared:
-                check_context(len(ids), params.max_tokens, rt.max_model_len, "prompt")
+            prepared = await asyncio.to_thread(encode_prompts, engine, prompts, req.echo)
+            streams = await self.submit(engine, [(f"{request_id}-{i}", ids) for i, (ids, _) in enumerate(prepared)],
+                                        params, "prompt")
         except BaseException:
             state.admission.release()
             raise
-        request_id = completion_id()
         created = now()
         info = self.request_info(raw, request_id, bool(req.stream), prompts[0] if len(prompts) == 1 else prompts)
-        streams = [self.generate(ids, params, f"{request_id}-{i}", info) for i, (ids, _) in enumerate(prepared)]
+        gen = self.generation(streams, [len(ids) for ids, _ in prepared], params, info)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = self._stream(streams, request_id, created, model_name, params, prepared, req, include_usage)
-            return SSEResponse(body, on_close=state.admission.release)
-        try:
-            finals = await until_disconnect(raw, asyncio.gather(*(last_item(s) for s in streams)))
-        except ClientGone:
+            body = self._stream(gen.outputs, request_id, created, model_name, params, prepared, req, include_usage)
+            return SSEResponse(body, on_close=gen.aclose)
+        finals = await self.final_outputs(raw, gen)
+        if finals is None:
             return Response(status_code=499)
-        except Exception as exc:  # noqa: BLE001
-            raise generation_error(exc) from None
-        finally:
-            state.admission.release()
         return JSONResponse(self._response(finals, request_id, created, model_name, params, prepared, req))
-
-    @staticmethod
-    def _tokenize(engine: AsyncEngine, prompts: list[str | list[int]], echo: bool) -> list[tuple[list[int], str]]:
-        tok = engine.tokenizer
-        out = []
-        for p in prompts:
-            if isinstance(p, str):
-                out.append((encode_checked(tok, p, True, "prompt"), p))
-            else:
-                out.append((p, tok.decode(p, skip_special_tokens=False) if echo else ""))
-        return out
 
     def _response(self, finals: list[RequestOutput], request_id: str, created: int, model_name: str,
                   params: SamplingParams, prepared: list[tuple[list[int], str]], req: CompletionRequest) -> dict:

@@ -12,8 +12,9 @@ from starlette.responses import JSONResponse
 
 from ..errors import bad_request
 from ..protocol import DetokenizeRequest, TokenizeRequest
-from .base import Serving, check_text, encode_checked
-from .chat import render_and_tokenize, template_messages
+from .base import Serving
+from .prompts import encode_text, render_and_tokenize, template_messages
+from .validation import check_text, check_token_ids
 
 
 class TokenizeServing(Serving):
@@ -32,17 +33,14 @@ class TokenizeServing(Serving):
             assert req.prompt is not None
             check_text(req.prompt, "prompt")
             special = True if req.add_special_tokens is None else req.add_special_tokens
-            ids = await asyncio.to_thread(encode_checked, engine.tokenizer, req.prompt, special, "prompt")
+            ids = await asyncio.to_thread(encode_text, engine, req.prompt, special, "prompt")
         strs = engine.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
-        return JSONResponse({"count": len(ids), "max_model_len": engine.engine.runtime.max_model_len,
+        return JSONResponse({"count": len(ids), "max_model_len": engine.runtime.max_model_len,
                              "tokens": ids, "token_strs": strs})
 
     async def detokenize(self, req: DetokenizeRequest) -> JSONResponse:
         engine = self.state.ready_engine()
         self.state.resolve_model(req.model)
-        vocab = engine.engine.runtime.vocab_size
-        for tok in req.tokens:
-            if not 0 <= tok < vocab:
-                raise bad_request(f"token id {tok} is outside the vocabulary (0..{vocab - 1})", "tokens")
+        check_token_ids(req.tokens, engine.runtime.vocab_size, "tokens")
         text = await asyncio.to_thread(engine.tokenizer.decode, req.tokens, False)
         return JSONResponse({"prompt": text})
