@@ -1,4 +1,5 @@
 """kvserve's OpenAI-compatible HTTP server (FastAPI + sse-starlette) on the engine in `model/`."""
+
 from __future__ import annotations
 
 try:

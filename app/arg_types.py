@@ -1,5 +1,6 @@
 """Value parsers for `kvserve serve` flags and KVSERVE_* env vars: each takes the text and returns the
 value or raises argparse.ArgumentTypeError with a message that says what was expected."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,19 @@ port = bounded(int, "a port number between 0 and 65535", lambda v: 0 <= v <= 655
 fraction = bounded(float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 seconds = bounded(float, "a number of seconds >= 0", lambda v: 0.0 <= v < math.inf)
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 
 
 def parse_size(text: str) -> int:

@@ -4,6 +4,7 @@ With at least one key configured, every HTTP route except the public ones (/heal
 `Authorization: Bearer <key>`; a missing or wrong key is a 401 in the OpenAI envelope. Pure ASGI (no
 BaseHTTPMiddleware), so streaming responses and disconnect detection are untouched.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -42,7 +43,5 @@ class APIKeyMiddleware:
         if scheme.lower() == "bearer" and token.strip() and key_matches(token.strip(), self.keys):
             await self.app(scope, receive, send)
             return
-        message = ("missing API key: send 'Authorization: Bearer <key>'" if not header
-                   else "incorrect API key provided")
-        await send_error(send, 401, message, INVALID_REQUEST, "invalid_api_key",
-                         {"WWW-Authenticate": "Bearer"})
+        message = "missing API key: send 'Authorization: Bearer <key>'" if not header else "incorrect API key provided"
+        await send_error(send, 401, message, INVALID_REQUEST, "invalid_api_key", {"WWW-Authenticate": "Bearer"})

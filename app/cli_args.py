@@ -5,6 +5,7 @@ env var) prints one line `kvserve serve: error: ...` and exits with code 2. The 
 the engine package for EngineConfig's, and with it torch) are read only to print --help and to build
 the Settings, so a bad flag answers at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,53 +35,134 @@ class Option(NamedTuple):
 _OPTIONS: list[Option] = [
     Option("--host", "host", str, "address to listen on", metavar="HOST"),
     Option("--port", "port", port, "TCP port to listen on", metavar="PORT"),
-    Option("--api-key", "api_keys", str,
-           "require 'Authorization: Bearer KEY' on every route except /health and /version; repeat the flag "
-           "for several keys (env: comma-separated)", "many", "KEY"),
-    Option("--served-model-name", "served_model_names", str,
-           "a name clients use in the 'model' field; repeatable, the first is the main one "
-           f"(default: the model's own name, {DEFAULT_SERVED_NAME} for the embedded model)", "many", "NAME"),
-    Option("--max-model-len", "max_model_len", positive_int,
-           "context length in tokens, prompt plus output (default: the model's limit)"),
+    Option(
+        "--api-key",
+        "api_keys",
+        str,
+        "require 'Authorization: Bearer KEY' on every route except /health and /version; repeat the flag "
+        "for several keys (env: comma-separated)",
+        "many",
+        "KEY",
+    ),
+    Option(
+        "--served-model-name",
+        "served_model_names",
+        str,
+        "a name clients use in the 'model' field; repeatable, the first is the main one "
+        f"(default: the model's own name, {DEFAULT_SERVED_NAME} for the embedded model)",
+        "many",
+        "NAME",
+    ),
+    Option(
+        "--max-model-len",
+        "max_model_len",
+        positive_int,
+        "context length in tokens, prompt plus output (default: the model's limit)",
+    ),
     Option("--max-num-seqs", "max_num_seqs", positive_int, "most sequences decoded together in one step"),
-    Option("--max-num-batched-tokens", "max_num_batched_tokens", positive_int,
-           "token budget of one engine step (prefill chunks plus decodes)"),
+    Option(
+        "--max-num-batched-tokens",
+        "max_num_batched_tokens",
+        positive_int,
+        "token budget of one engine step (prefill chunks plus decodes)",
+    ),
     Option("--block-size", "block_size", positive_int, "tokens per KV-cache block"),
-    Option("--dtype", "dtype", choice("auto", "float32", "bfloat16", "float16"),
-           "compute dtype: auto (bf16 on CUDA, and on CPUs with usable AMX where a start-up measurement finds it "
-           "faster; else fp32), float32, bfloat16, float16"),
+    Option(
+        "--dtype",
+        "dtype",
+        choice("auto", "float32", "bfloat16", "float16"),
+        "compute dtype: auto (bf16 on CUDA, and on CPUs with usable AMX where a start-up measurement finds it "
+        "faster; else fp32), float32, bfloat16, float16",
+    ),
     Option("--device", "device", device, "auto, cpu, cuda or cuda:N", metavar="{auto,cpu,cuda,cuda:N}"),
-    Option("--kv-cache-memory", "kv_cache_memory", parse_size,
-           "bytes for the KV cache on CPU, e.g. 512MiB or 2GiB (default 512MiB)", metavar="SIZE"),
-    Option("--gpu-memory-utilization", "gpu_memory_utilization", fraction,
-           "fraction of free CUDA memory for the KV cache"),
+    Option(
+        "--kv-cache-memory",
+        "kv_cache_memory",
+        parse_size,
+        "bytes for the KV cache on CPU, e.g. 512MiB or 2GiB (default 512MiB)",
+        metavar="SIZE",
+    ),
+    Option(
+        "--gpu-memory-utilization", "gpu_memory_utilization", fraction, "fraction of free CUDA memory for the KV cache"
+    ),
     Option("--num-threads", "num_threads", positive_int, "torch threads on CPU (default: all cores)"),
-    Option("--quantization", "quantization", choice("none", "fp16"),
-           "fp16: keep weights in float16 and multiply them in float32 with fbgemm (x86 CPU, dtype float32); "
-           "half the weight memory and 1.1-1.7x faster decode on CPUs without AMX, at a 2^-11 weight rounding"),
-    Option("--enable-prefix-caching", "enable_prefix_caching", parse_bool,
-           "reuse KV blocks of identical prompt prefixes (--no-enable-prefix-caching to turn off)", "bool"),
-    Option("--chat-template", "chat_template_path", str,
-           "a Jinja chat template FILE that replaces the model's (rendered in a sandbox)", metavar="FILE"),
-    Option("--max-queue", "max_queue", positive_int,
-           "most generation requests admitted at once, running or waiting; beyond it: 429 with Retry-After"),
-    Option("--max-body-bytes", "max_body_bytes", parse_size,
-           "largest request body accepted (413 beyond), e.g. 512KiB or 8MiB", metavar="SIZE"),
-    Option("--allowed-origins", "allowed_origins", str,
-           "CORS origins allowed to call the API, e.g. http://localhost:3000 or '*'; repeat or comma-separate "
-           "(default: none, no CORS headers)", "many", "ORIGIN"),
-    Option("--log-level", "log_level", choice("debug", "info", "warning", "error", "critical"),
-           "logging level; every request gets one line at info"),
-    Option("--log-format", "log_format", choice("text", "json"),
-           "text (one readable line per record) or json (one JSON object per line)"),
-    Option("--log-prompts", "log_prompts", parse_bool,
-           "put the prompt (text or token ids) into each request's log line; off by default, prompts may be "
-           "private", "bool"),
-    Option("--log-stats-interval", "log_stats_interval", seconds,
-           "seconds between engine-stats log lines while requests run (0: none)", metavar="SECONDS"),
-    Option("--shutdown-timeout", "shutdown_timeout", seconds,
-           "on SIGTERM/SIGINT, seconds in-flight requests may take to finish (new ones get 503) before the rest "
-           "are aborted", metavar="SECONDS"),
+    Option(
+        "--quantization",
+        "quantization",
+        choice("none", "fp16"),
+        "fp16: keep weights in float16 and multiply them in float32 with fbgemm (x86 CPU, dtype float32); "
+        "half the weight memory and 1.1-1.7x faster decode on CPUs without AMX, at a 2^-11 weight rounding",
+    ),
+    Option(
+        "--enable-prefix-caching",
+        "enable_prefix_caching",
+        parse_bool,
+        "reuse KV blocks of identical prompt prefixes (--no-enable-prefix-caching to turn off)",
+        "bool",
+    ),
+    Option(
+        "--chat-template",
+        "chat_template_path",
+        str,
+        "a Jinja chat template FILE that replaces the model's (rendered in a sandbox)",
+        metavar="FILE",
+    ),
+    Option(
+        "--max-queue",
+        "max_queue",
+        positive_int,
+        "most generation requests admitted at once, running or waiting; beyond it: 429 with Retry-After",
+    ),
+    Option(
+        "--max-body-bytes",
+        "max_body_bytes",
+        parse_size,
+        "largest request body accepted (413 beyond), e.g. 512KiB or 8MiB",
+        metavar="SIZE",
+    ),
+    Option(
+        "--allowed-origins",
+        "allowed_origins",
+        str,
+        "CORS origins allowed to call the API, e.g. http://localhost:3000 or '*'; repeat or comma-separate "
+        "(default: none, no CORS headers)",
+        "many",
+        "ORIGIN",
+    ),
+    Option(
+        "--log-level",
+        "log_level",
+        choice("debug", "info", "warning", "error", "critical"),
+        "logging level; every request gets one line at info",
+    ),
+    Option(
+        "--log-format",
+        "log_format",
+        choice("text", "json"),
+        "text (one readable line per record) or json (one JSON object per line)",
+    ),
+    Option(
+        "--log-prompts",
+        "log_prompts",
+        parse_bool,
+        "put the prompt (text or token ids) into each request's log line; off by default, prompts may be private",
+        "bool",
+    ),
+    Option(
+        "--log-stats-interval",
+        "log_stats_interval",
+        seconds,
+        "seconds between engine-stats log lines while requests run (0: none)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "shutdown_timeout",
+        seconds,
+        "on SIGTERM/SIGINT, seconds in-flight requests may take to finish (new ones get 503) before the rest "
+        "are aborted",
+        metavar="SECONDS",
+    ),
 ]
 _BY_DEST = {opt.dest: opt for opt in _OPTIONS}
 
@@ -135,16 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_HelpFormatter,
     )
-    serve.add_argument("model", nargs="?", default=None, metavar="MODEL",
-                       help=f"model directory or .gguf file [env: {ENV_PREFIX}MODEL]")
+    serve.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help=f"model directory or .gguf file [env: {ENV_PREFIX}MODEL]",
+    )
     for opt in _OPTIONS:
         text = opt.help + f" [env: {env_name(opt.flag)}]"
         if opt.kind == "bool":
-            serve.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, default=None,
-                               help=text)
+            serve.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif opt.kind == "many":
-            serve.add_argument(opt.flag, dest=opt.dest, type=opt.type, action="append", default=None,
-                               metavar=opt.metavar, help=text)
+            serve.add_argument(
+                opt.flag, dest=opt.dest, type=opt.type, action="append", default=None, metavar=opt.metavar, help=text
+            )
         else:
             metavar = opt.metavar or getattr(opt.type, "metavar", "N")
             serve.add_argument(opt.flag, dest=opt.dest, type=opt.type, default=None, metavar=metavar, help=text)
@@ -194,13 +281,15 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         if not os.path.exists(model):
             serve_parser.error(f"model path {model!r} does not exist (kvserve loads local files only)")
         if model.endswith(PICKLE_SUFFIXES):
-            serve_parser.error(f"model {model!r}: pickle checkpoints are refused (they can run code); "
-                               "use safetensors or GGUF")
+            serve_parser.error(
+                f"model {model!r}: pickle checkpoints are refused (they can run code); use safetensors or GGUF"
+            )
     template_path = given.get("chat_template_path")
     template = _read_template(serve_parser, template_path) if template_path is not None else None
     if "allowed_origins" in given:
-        given["allowed_origins"] = [o.strip() for item in given["allowed_origins"] for o in item.split(",")
-                                    if o.strip()]
+        given["allowed_origins"] = [
+            o.strip() for item in given["allowed_origins"] for o in item.split(",") if o.strip()
+        ]
     from .settings import Settings
 
     # Every value was checked by its flag's type; EngineConfig checks them again when the engine is built.

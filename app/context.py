@@ -4,6 +4,7 @@
 classes add what they learn (completion id, token counts, finish reasons) and the log line and the
 metrics read it when the response is over.
 """
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ without internals (the traceback goes to the log only). The engine's errors map 
 `api_error_of`: InvalidParamError -> 400 naming its `.param`, ContextLengthError -> 400
 context_length_exceeded, a shutdown abort or a dead engine -> 503.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ UNAVAILABLE = "service_unavailable_error"
 class APIError(Exception):
     """An error answered to the client in the OpenAI envelope."""
 
-    def __init__(self, status: int, message: str, type: str = INVALID_REQUEST, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -57,7 +65,9 @@ def context_length_exceeded(max_model_len: int, prompt_tokens: int, max_tokens: 
         400,
         f"This model's maximum context length is {max_model_len} tokens. However, you requested {asked} tokens "
         f"({prompt_tokens} in the {what}{tail}). Please reduce the length of the {what} or completion.",
-        INVALID_REQUEST, param, "context_length_exceeded",
+        INVALID_REQUEST,
+        param,
+        "context_length_exceeded",
     )
 
 
@@ -66,22 +76,24 @@ def api_error_of(exc: BaseException) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, ContextLengthError):
-        return context_length_exceeded(exc.max_model_len, exc.num_prompt_tokens, exc.max_tokens,
-                                       exc.param or "prompt")
+        return context_length_exceeded(exc.max_model_len, exc.num_prompt_tokens, exc.max_tokens, exc.param or "prompt")
     if isinstance(exc, InvalidParamError):
         return bad_request(str(exc), exc.param)
     if isinstance(exc, RequestAbortedError):
-        return APIError(503, "the server shut down before the request finished; retry it", UNAVAILABLE, None,
-                        "shutdown_timeout")
+        return APIError(
+            503, "the server shut down before the request finished; retry it", UNAVAILABLE, None, "shutdown_timeout"
+        )
     if isinstance(exc, EngineDeadError):
-        return APIError(503, "the engine stopped after an internal error; restart the server",
-                        UNAVAILABLE, None, "engine_dead")
+        return APIError(
+            503, "the engine stopped after an internal error; restart the server", UNAVAILABLE, None, "engine_dead"
+        )
     log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return APIError(500, "internal server error", SERVER_ERROR, None, "internal_error")
 
 
-def error_body(message: str, type: str = INVALID_REQUEST, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -92,8 +104,15 @@ def error_bytes(status: int, message: str, type: str, param: str | None = None, 
 class ErrorResponse(Response):
     media_type = "application/json"
 
-    def __init__(self, status: int, message: str, type: str = INVALID_REQUEST, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(error_bytes(status, message, type, param, code), status, headers)
 
 
@@ -101,8 +120,9 @@ def api_error_response(exc: APIError) -> ErrorResponse:
     return ErrorResponse(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
 
-async def send_error(send: Any, status: int, message: str, type: str, code: str | None = None,
-                     headers: dict[str, str] | None = None) -> None:
+async def send_error(
+    send: Any, status: int, message: str, type: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> None:
     """Answer an error straight from ASGI middleware (no app involved)."""
     body = error_bytes(status, message, type, None, code)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -7,6 +7,7 @@ before it is complete; uvicorn then answers a text/plain 400. Here that answer i
 for the oversized head, else 400) with `Connection: close`, written straight to the socket; no
 traceback or file path reaches the client or the log.
 """
+
 from __future__ import annotations
 
 import h11
@@ -21,8 +22,11 @@ _REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
 def error_response(status: int, message: str, code: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = error_bytes(status, message, INVALID_REQUEST, None, code)
-    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, _REASONS[status], len(body)))
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+        status,
+        _REASONS[status],
+        len(body),
+    )
     return head + body
 
 
@@ -32,8 +36,9 @@ class EnvelopeH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:  # uvicorn calls it on h11.RemoteProtocolError
         limit = self.config.h11_max_incomplete_event_size or MAX_HEADER_BYTES
         if len(self.conn.trailing_data[0]) > limit:
-            data = error_response(431, f"the request line and headers are larger than the limit of {limit} bytes",
-                                  HEADERS_TOO_LARGE)
+            data = error_response(
+                431, f"the request line and headers are larger than the limit of {limit} bytes", HEADERS_TOO_LARGE
+            )
         else:
             data = error_response(400, "the request is not valid HTTP/1.1", "invalid_http_request")
         cycle = self.cycle

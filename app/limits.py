@@ -5,6 +5,7 @@ MAX_HEADER_BYTES bytes. uvicorn's h11 refuses an incomplete head beyond MAX_HEAD
 arrives (app/http_protocol.py answers that with the same 431); `HeaderLimitMiddleware` checks a head
 that arrived whole, and the count.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -96,8 +97,14 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Any) -> None:
-        await send_error(send, 413, f"the request body is larger than the limit of {self.max_bytes} bytes",
-                         INVALID_REQUEST, "request_too_large", {"Connection": "close"})
+        await send_error(
+            send,
+            413,
+            f"the request body is larger than the limit of {self.max_bytes} bytes",
+            INVALID_REQUEST,
+            "request_too_large",
+            {"Connection": "close"},
+        )
 
 
 class Admission:
@@ -115,7 +122,10 @@ class Admission:
             raise APIError(
                 429,
                 f"the server is at capacity ({self.max_in_flight} requests in flight); retry shortly",
-                RATE_LIMIT, None, "rate_limit_exceeded", {"Retry-After": "1"},
+                RATE_LIMIT,
+                None,
+                "rate_limit_exceeded",
+                {"Retry-After": "1"},
             )
         self.in_flight += 1
 

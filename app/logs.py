@@ -13,6 +13,7 @@ Nothing here knows the server state: the middleware gets a `count_http` callable
 callables for the engine's stats snapshot and the admission count. Text a client sent (a path, a
 prompt with a lone surrogate) is escaped on the way out, so no line fails to encode.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -162,13 +163,20 @@ class RequestLogMiddleware:
         if len(path) > _PATH_LOG_CHARS:
             path = path[:_PATH_LOG_CHARS] + "..."
         fields: dict[str, Any] = {
-            "request_id": info.request_id, "method": method, "path": path, "status": status,
+            "request_id": info.request_id,
+            "method": method,
+            "path": path,
+            "status": status,
             "latency_ms": round((time.monotonic() - info.start) * 1000, 1),
         }
         if info.completion_id is not None:
-            fields.update(id=info.completion_id, stream=bool(info.stream), prompt_tokens=info.prompt_tokens,
-                          completion_tokens=info.completion_tokens,
-                          finish_reason=",".join(dict.fromkeys(info.finish_reasons)) or None)
+            fields.update(
+                id=info.completion_id,
+                stream=bool(info.stream),
+                prompt_tokens=info.prompt_tokens,
+                completion_tokens=info.completion_tokens,
+                finish_reason=",".join(dict.fromkeys(info.finish_reasons)) or None,
+            )
             if len(info.finish_reasons) > 1:
                 fields["choices"] = len(info.finish_reasons)
         if info.prompt is not None:
@@ -182,8 +190,9 @@ class RequestLogMiddleware:
 # ------------------------------------------------------------------------------------------ engine stats
 
 
-async def log_engine_stats(stats: Callable[[], "EngineStats | None"], in_flight: Callable[[], int],
-                           interval: float) -> None:
+async def log_engine_stats(
+    stats: Callable[[], "EngineStats | None"], in_flight: Callable[[], int], interval: float
+) -> None:
     """Every `interval` seconds while the engine has work (or did some since the last line), log its stats.
 
     `stats()` is the engine's latest snapshot (None while loading); `in_flight()` the admitted requests."""
@@ -205,10 +214,13 @@ async def log_engine_stats(stats: Callable[[], "EngineStats | None"], in_flight:
         if not (st.num_running or st.num_waiting or d_prompt or d_gen):
             continue  # idle: stay quiet
         fields = {
-            "running": st.num_running, "waiting": st.num_waiting,
+            "running": st.num_running,
+            "waiting": st.num_waiting,
             "kv_usage_pct": round(100 * st.kv_usage, 1),
-            "prompt_tokens_per_s": round(d_prompt / dt, 1), "generation_tokens_per_s": round(d_gen / dt, 1),
+            "prompt_tokens_per_s": round(d_prompt / dt, 1),
+            "generation_tokens_per_s": round(d_gen / dt, 1),
             "prefix_hit_pct": round(100 * d_hits / d_queries, 1) if d_queries else None,
-            "requests_in_flight": in_flight(), "preemptions": st.num_preemptions,
+            "requests_in_flight": in_flight(),
+            "preemptions": st.num_preemptions,
         }
         stats_log.info("engine %s", _text(fields), extra={"fields": fields})

@@ -12,6 +12,7 @@ of app/phase.py.
 HTTP/1.1 is uvicorn's h11 implementation, pinned (app/http_protocol.py): a request that is not valid
 HTTP gets a 400 in the OpenAI envelope, one whose request line and headers outgrow the limit a 431.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,9 +58,13 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     @asynccontextmanager
     async def lifespan(_app: "FastAPI") -> AsyncIterator[None]:
         loader = asyncio.create_task(state.load()) if state.engine is None else None
-        stats = (asyncio.create_task(log_engine_stats(state.engine_stats, lambda: state.admission.in_flight,
-                                                      settings.log_stats_interval))
-                 if settings.log_stats_interval > 0 else None)
+        stats = (
+            asyncio.create_task(
+                log_engine_stats(state.engine_stats, lambda: state.admission.in_flight, settings.log_stats_interval)
+            )
+            if settings.log_stats_interval > 0
+            else None
+        )
         try:
             yield
         finally:
@@ -69,8 +74,12 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
                     task.cancel()
             await asyncio.to_thread(state.shutdown)
 
-    app = FastAPI(title="kvserve", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible completions and chat on kvserve's engine.")
+    app = FastAPI(
+        title="kvserve",
+        version=__version__,
+        lifespan=lifespan,
+        description="OpenAI-compatible completions and chat on kvserve's engine.",
+    )
     app.state.kv = state
     app.state.completions = CompletionServing(state)
     app.state.chat = ChatServing(state)
@@ -85,12 +94,20 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     if settings.allowed_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["*"],
-                           allow_headers=["*"], allow_credentials="*" not in settings.allowed_origins,
-                           expose_headers=["X-Request-Id"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            allow_credentials="*" not in settings.allowed_origins,
+            expose_headers=["X-Request-Id"],
+        )
     app.add_middleware(HeaderLimitMiddleware)
-    app.add_middleware(RequestLogMiddleware, count_http=state.metrics.count_http,
-                       known_paths=[r.path for r in app.routes if "{" not in getattr(r, "path", "{")])
+    app.add_middleware(
+        RequestLogMiddleware,
+        count_http=state.metrics.count_http,
+        known_paths=[r.path for r in app.routes if "{" not in getattr(r, "path", "{")],
+    )
     return app
 
 
@@ -125,10 +142,19 @@ def serve(settings: "Settings") -> int:
                 self.drain_task.add_done_callback(lambda _t: setattr(self, "should_exit", True))
             return await super().on_tick(counter)
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S, lifespan="on",
-                            http=EnvelopeH11Protocol, ws="none", h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=CONNECTION_CLOSE_TIMEOUT_S,
+        lifespan="on",
+        http=EnvelopeH11Protocol,
+        ws="none",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
     server = _Server(config)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     state.is_started = lambda: server.started

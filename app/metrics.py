@@ -21,6 +21,7 @@ Every vLLM-named series carries the `model_name` label (the first served name).
 Metrics only observe: they get callables for the stats snapshot, the admission count and the server
 phase, never the server state or the engine itself.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,12 +51,14 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "FINISHED_REASONS"]
 FINISHED_REASONS = ("stop", "length", "abort")
 # Bucket bounds in seconds: fine at the low end (a small model on CPU answers in milliseconds) and long
 # enough for big prompts on slow hardware.
+# fmt: off
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
                    120.0, 300.0, 600.0, 1200.0, 3600.0)
+# fmt: on
 
 
 class _EngineCollector:
@@ -87,10 +90,10 @@ class _EngineCollector:
         yield gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", stats.kv_usage)
         yield gauge("kvserve:kv_cache_free_blocks", "Free KV-cache blocks.", stats.num_free_blocks)
         yield gauge("kvserve:kv_cache_blocks", "KV-cache blocks in the pool.", stats.num_blocks)
-        yield gauge("kvserve:requests_in_flight", "HTTP generation requests admitted and not finished.",
-                    m.in_flight())
-        yield gauge("kvserve:draining", "1 while the server drains before shutting down.",
-                    float(m.phase().shutting_down))
+        yield gauge("kvserve:requests_in_flight", "HTTP generation requests admitted and not finished.", m.in_flight())
+        yield gauge(
+            "kvserve:draining", "1 while the server drains before shutting down.", float(m.phase().shutting_down)
+        )
         yield counter("vllm:prompt_tokens", "Prompt tokens admitted to the engine.", stats.prompt_tokens_total)
         yield counter("vllm:generation_tokens", "Tokens generated.", stats.generation_tokens_total)
         yield counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats.prefix_queries)
@@ -102,8 +105,9 @@ class Metrics:
     """The app's registry. `stats`: the engine's latest snapshot (None while loading); `in_flight`: HTTP
     generation requests admitted; `phase`: the server's life-cycle phase."""
 
-    def __init__(self, stats: Callable[[], EngineStats | None], in_flight: Callable[[], int],
-                 phase: Callable[[], Phase]) -> None:
+    def __init__(
+        self, stats: Callable[[], EngineStats | None], in_flight: Callable[[], int], phase: Callable[[], Phase]
+    ) -> None:
         self.stats = stats
         self.in_flight = in_flight
         self.phase = phase
@@ -113,21 +117,46 @@ class Metrics:
         GCCollector(registry=reg)
         reg.register(_EngineCollector(self))  # type: ignore[arg-type]
         model = ["model_name"]
-        self.request_success = Counter("vllm:request_success", "Requests that finished, by finish reason.",
-                                       ["model_name", "finished_reason"], registry=reg)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds",
-                              "Time from the HTTP request's arrival to its first generated token.", model,
-                              buckets=TTFT_BUCKETS, registry=reg)
-        self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between two generated tokens of a request.",
-                             model, buckets=ITL_BUCKETS, registry=reg)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds",
-                             "Time from the HTTP request's arrival to its last token.", model,
-                             buckets=REQUEST_BUCKETS, registry=reg)
-        self.queue = Histogram("vllm:request_queue_time_seconds",
-                               "Time a request waited in the engine before its first prefill chunk.", model,
-                               buckets=REQUEST_BUCKETS, registry=reg)
-        self.http_requests = Counter("kvserve:http_requests", "HTTP requests answered, by route and status.",
-                                     ["method", "route", "status"], registry=reg)
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Requests that finished, by finish reason.",
+            ["model_name", "finished_reason"],
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time from the HTTP request's arrival to its first generated token.",
+            model,
+            buckets=TTFT_BUCKETS,
+            registry=reg,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between two generated tokens of a request.",
+            model,
+            buckets=ITL_BUCKETS,
+            registry=reg,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Time from the HTTP request's arrival to its last token.",
+            model,
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time a request waited in the engine before its first prefill chunk.",
+            model,
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
+        )
+        self.http_requests = Counter(
+            "kvserve:http_requests",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=reg,
+        )
         self._bound: str | None = None
 
     @property
@@ -157,8 +186,9 @@ class Metrics:
         if queue_time is not None:
             self._queue.observe(queue_time)
 
-    async def track(self, stream: AsyncIterator[RequestOutput], n: int, num_prompt_tokens: int,
-                    info: "RequestInfo | None") -> AsyncIterator[RequestOutput]:
+    async def track(
+        self, stream: AsyncIterator[RequestOutput], n: int, num_prompt_tokens: int, info: "RequestInfo | None"
+    ) -> AsyncIterator[RequestOutput]:
         """`stream` (one engine request with `n` choices), observing its timings and outcome on the way.
 
         A choice that ends without a finish reason (client gone, shutdown, engine failure) counts as

@@ -5,6 +5,7 @@
 The phase only moves forward (`Phase.advance`). Engine death is not a phase: the engine reports it
 (`AsyncEngine.is_dead`) and the state turns it into 503 engine_dead.
 """
+
 from __future__ import annotations
 
 import enum
@@ -33,5 +34,4 @@ class Phase(enum.Enum):
         return to if _RANK[to] > _RANK[self] else self
 
 
-_RANK = {Phase.LOADING: 0, Phase.SERVING: 1, Phase.DRAINING: 2, Phase.ABORTING: 3, Phase.STOPPED: 4,
-         Phase.FAILED: 5}
+_RANK = {Phase.LOADING: 0, Phase.SERVING: 1, Phase.DRAINING: 2, Phase.ABORTING: 3, Phase.STOPPED: 4, Phase.FAILED: 5}

@@ -1,19 +1,13 @@
-"""Request models (pydantic) and the builders of response / chunk dicts.
+"""Request models (pydantic); the response builders are in app/responses.py.
 
-Requests: OpenAI's fields plus vLLM's common sampling extras; unknown fields are ignored. pydantic
-checks the JSON types; range checks live in SamplingParams, built by `to_sampling_params`, whose
-InvalidParamError names the request's own field (`request_field`); app.errors turns it into a 400.
-
-Responses are plain dicts serialized once with `json.dumps` (building pydantic models per SSE chunk
-costs more than the rest of the chunk path). The builders below are the one place that fixes their
-shape: see DESIGN.md section 4.
+OpenAI's fields plus vLLM's common sampling extras; unknown fields are ignored. pydantic checks the
+JSON types and the per-role message rules; range checks live in SamplingParams, built by
+`to_sampling_params`, whose InvalidParamError names the request's own field (`request_field`);
+app.errors turns it into a 400.
 """
+
 from __future__ import annotations
 
-import json
-import math
-import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,7 +27,6 @@ from model import InvalidParamError, SamplingParams
 MAX_PROMPTS = 128  # prompts in one /v1/completions request
 MAX_CHOICES = 256  # prompts * n
 MAX_MESSAGES = 1024
-LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity
 
 
 class _Request(BaseModel):
@@ -188,8 +181,9 @@ class ChatMessage(_Request):
     def check_role(self) -> "ChatMessage":
         role = self.role
         if role in CONTENT_ROLES and self.content is None:
-            raise _invalid("message_content", f"a '{role}' message needs 'content' (a string or a list of "
-                                              "content parts)")
+            raise _invalid(
+                "message_content", f"a '{role}' message needs 'content' (a string or a list of content parts)"
+            )
         if role == "assistant" and self.content is None and not self.tool_calls:
             raise _invalid("message_content", "an 'assistant' message needs 'content' or 'tool_calls'")
         if role == "tool":
@@ -223,11 +217,17 @@ class ChatCompletionRequest(SamplingRequest):
     def check_tool_choice(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             return value
-        named = (isinstance(value, dict) and value.get("type") == "function"
-                 and isinstance(value.get("function"), dict) and isinstance(value["function"].get("name"), str))
+        named = (
+            isinstance(value, dict)
+            and value.get("type") == "function"
+            and isinstance(value.get("function"), dict)
+            and isinstance(value["function"].get("name"), str)
+        )
         if not named and not (isinstance(value, str) and value in TOOL_CHOICE_MODES):
-            raise _invalid("tool_choice", 'must be "none", "auto", "required" or '
-                                          '{"type": "function", "function": {"name": "<tool name>"}}')
+            raise _invalid(
+                "tool_choice",
+                'must be "none", "auto", "required" or {"type": "function", "function": {"name": "<tool name>"}}',
+            )
         if (named or value == "required") and not info.data.get("tools"):
             raise _invalid("tool_choice", "a required or named tool choice needs 'tools'")
         return value
@@ -247,40 +247,3 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[StrictInt]
-
-
-# ------------------------------------------------------------------------------------------ responses
-
-
-def completion_id() -> str:
-    return f"cmpl-{uuid.uuid4().hex}"
-
-
-def chat_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def clean_logprob(value: float) -> float:
-    return value if math.isfinite(value) and value > LOGPROB_FLOOR else LOGPROB_FLOOR
-
-
-def sse_frame(obj: dict[str, Any]) -> bytes:
-    """One SSE event: `data: <json>\\n\\n`."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def model_card(name: str, created: int, root: str, max_model_len: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "kvserve", "root": root,
-            "parent": None, "max_model_len": max_model_len}

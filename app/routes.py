@@ -1,4 +1,5 @@
 """The HTTP routes: thin functions that hand over to the serving classes (made in main.create_app)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -7,7 +8,8 @@ from starlette.responses import JSONResponse, Response
 from . import __version__
 from .errors import INVALID_REQUEST, APIError, api_error_response
 from .metrics import CONTENT_TYPE_LATEST
-from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, model_card
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .responses import model_card
 from .state import ServerState
 
 router = APIRouter()

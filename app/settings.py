@@ -3,6 +3,7 @@
 Defaults live in one place each: the engine's options default to `model.EngineConfig`'s field defaults,
 the server's own ones are this dataclass's; the flag table and its help text read them from here.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """What the server knows at run time: settings, the engine (None while loading), admission, names, and the
 life-cycle phase (app/phase.py) that the shutdown drain moves forward."""
+
 from __future__ import annotations
 
 import asyncio
@@ -118,8 +119,14 @@ class ServerState:
             return
         self._set_engine(engine)
         rt = engine.runtime
-        log.info("model ready in %.1fs: %s, max_model_len %d, %d KV blocks of %d tokens",
-                 time.monotonic() - t0, self.model_name, rt.max_model_len, rt.num_blocks, rt.block_size)
+        log.info(
+            "model ready in %.1fs: %s, max_model_len %d, %d KV blocks of %d tokens",
+            time.monotonic() - t0,
+            self.model_name,
+            rt.max_model_len,
+            rt.num_blocks,
+            rt.block_size,
+        )
         while self.is_started is not None and not self.is_started():
             await asyncio.sleep(0.05)
         auth = " (API key required)" if s.api_keys else ""
@@ -133,8 +140,11 @@ class ServerState:
         admission = self.admission
         loop = asyncio.get_running_loop()
         if admission.in_flight:
-            log.info("shutting down: waiting up to %gs for %d request(s) in flight; new requests get 503",
-                     timeout, admission.in_flight)
+            log.info(
+                "shutting down: waiting up to %gs for %d request(s) in flight; new requests get 503",
+                timeout,
+                admission.in_flight,
+            )
         else:
             log.info("shutting down: no request in flight")
             return
@@ -145,9 +155,12 @@ class ServerState:
             hurried = self.phase is Phase.ABORTING  # only a second signal moves it there during the wait
             self._advance(Phase.ABORTING)
             aborted = self.engine.abort_all("the server is shutting down") if self.engine is not None else 0
-            log.warning("shutdown: %s; aborted %d engine request(s) of %d HTTP request(s) still running",
-                        "second signal" if hurried else f"timeout of {timeout:g}s reached", aborted,
-                        admission.in_flight)
+            log.warning(
+                "shutdown: %s; aborted %d engine request(s) of %d HTTP request(s) still running",
+                "second signal" if hurried else f"timeout of {timeout:g}s reached",
+                aborted,
+                admission.in_flight,
+            )
             deadline = loop.time() + 2.0
             while admission.in_flight and loop.time() < deadline:
                 await asyncio.sleep(0.02)
@@ -166,11 +179,11 @@ class ServerState:
         if self.phase is Phase.FAILED:  # the reason (which may name files) goes to the log only
             return APIError(503, "the model failed to load; see the server log", UNAVAILABLE, None, "load_failed")
         if self.engine is None:
-            return APIError(503, "the model is still loading", UNAVAILABLE, None, "model_loading",
-                            {"Retry-After": "2"})
+            return APIError(503, "the model is still loading", UNAVAILABLE, None, "model_loading", {"Retry-After": "2"})
         if self.engine.is_dead:
-            return APIError(503, "the engine stopped after an internal error; restart the server",
-                            UNAVAILABLE, None, "engine_dead")
+            return APIError(
+                503, "the engine stopped after an internal error; restart the server", UNAVAILABLE, None, "engine_dead"
+            )
         if self.phase.shutting_down:
             return APIError(503, "the server is shutting down", UNAVAILABLE, None, "draining")
         return None
@@ -189,5 +202,10 @@ class ServerState:
             return self.served_names[0]
         if name in self.served_names:
             return name
-        raise APIError(404, f"The model '{_echo(name)}' does not exist; this server serves "
-                       f"{', '.join(self.served_names)}", INVALID_REQUEST, "model", "model_not_found")
+        raise APIError(
+            404,
+            f"The model '{_echo(name)}' does not exist; this server serves {', '.join(self.served_names)}",
+            INVALID_REQUEST,
+            "model",
+            "model_not_found",
+        )

@@ -8,6 +8,7 @@
 - Output tokens: `usage.completion_tokens` from the stream (stream_options.include_usage). A server
   that sends no usage is counted by text chunks instead, and the result says so (`usage_reported`).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -8,6 +8,7 @@ so the baseline loads a directory written by transformers' own GGUF loader:
 
 The weights are dequantized exactly as transformers does when it reads the GGUF.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ import os
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.export_hf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.export_hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out_dir", help="directory to write (config.json, model.safetensors, tokenizer files)")
     ap.add_argument("--gguf", default=None, help="a GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     args = ap.parse_args(argv)

@@ -6,6 +6,7 @@ weight (`model/layers/cpu_linear.py`) vs fbgemm's float16 weights (`--quantizati
 
 Prints microseconds per call (median of 3 rounds) and GFLOP/s.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@
 Every sequence generates exactly `--max-tokens` tokens (kvserve: ignore_eos; transformers:
 min_new_tokens), greedy. Reported: output tokens per second of wall time, including prefill.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,10 @@ import time
 
 import torch
 
-WORDS = ("river mountain lantern copper whisper orchard velvet harbor meadow ember glacier canyon falcon "
-         "thunder saffron marble quartz willow lagoon prairie cobalt tundra crimson beacon").split()
+WORDS = (
+    "river mountain lantern copper whisper orchard velvet harbor meadow ember glacier canyon falcon "
+    "thunder saffron marble quartz willow lagoon prairie cobalt tundra crimson beacon"
+).split()
 
 
 FP16_WEIGHTS = "float32-fp16w"  # kvserve: float16 weights, float32 math (quantization="fp16")
@@ -33,8 +36,13 @@ def bench_kvserve(dtype: str, batch: int, max_tokens: int, threads: int | None) 
     from model import LLM, SamplingParams
 
     quantization = "fp16" if dtype == FP16_WEIGHTS else None
-    llm = LLM(dtype=dtype.removesuffix("-fp16w"), device="cpu", num_threads=threads, max_num_seqs=max(batch, 1),
-              quantization=quantization)
+    llm = LLM(
+        dtype=dtype.removesuffix("-fp16w"),
+        device="cpu",
+        num_threads=threads,
+        max_num_seqs=max(batch, 1),
+        quantization=quantization,
+    )
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     llm.generate(make_prompts(2, seed=99), SamplingParams(temperature=0, max_tokens=4))  # warm-up
     prompts = make_prompts(batch)
@@ -42,8 +50,14 @@ def bench_kvserve(dtype: str, batch: int, max_tokens: int, threads: int | None) 
     outs = llm.generate(prompts, params)
     dt = time.perf_counter() - t0
     tokens = sum(len(o.token_ids) for o in outs)
-    return {"system": "kvserve", "dtype": dtype, "batch": batch, "output_tokens": tokens, "seconds": dt,
-            "tokens_per_s": tokens / dt}
+    return {
+        "system": "kvserve",
+        "dtype": dtype,
+        "batch": batch,
+        "output_tokens": tokens,
+        "seconds": dt,
+        "tokens_per_s": tokens / dt,
+    }
 
 
 def bench_transformers(dtype: str, batch: int, max_tokens: int) -> dict:
@@ -63,8 +77,9 @@ def bench_transformers(dtype: str, batch: int, max_tokens: int) -> dict:
     def run(prompts: list[str], n: int):
         enc = tok(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            return model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                  pad_token_id=tok.pad_token_id)
+            return model.generate(
+                **enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+            )
 
     run(make_prompts(2, seed=99), 4)  # warm-up
     prompts = make_prompts(batch)
@@ -73,16 +88,26 @@ def bench_transformers(dtype: str, batch: int, max_tokens: int) -> dict:
     dt = time.perf_counter() - t0
     enc_len = tok(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
     tokens = (out.shape[1] - enc_len) * batch
-    return {"system": "transformers", "dtype": dtype, "batch": batch, "output_tokens": tokens, "seconds": dt,
-            "tokens_per_s": tokens / dt}
+    return {
+        "system": "transformers",
+        "dtype": dtype,
+        "batch": batch,
+        "output_tokens": tokens,
+        "seconds": dt,
+        "tokens_per_s": tokens / dt,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
-                    choices=["float32", "bfloat16", "float16", FP16_WEIGHTS],
-                    help=f"{FP16_WEIGHTS}: kvserve with quantization=fp16 against transformers in float32")
+    ap.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16", "float16", FP16_WEIGHTS],
+        help=f"{FP16_WEIGHTS}: kvserve with quantization=fp16 against transformers in float32",
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for kvserve (default: all cores)")
     ap.add_argument("--no-baseline", action="store_true", help="skip transformers")
@@ -101,14 +126,19 @@ def main() -> None:
     for dtype in args.dtype:
         for batch in args.batch:
             ours = next(r for r in rows if r["system"] == "kvserve" and r["dtype"] == dtype and r["batch"] == batch)
-            base = next((r for r in rows if r["system"] == "transformers" and r["dtype"] == dtype
-                         and r["batch"] == batch), None)
+            base = next(
+                (r for r in rows if r["system"] == "transformers" and r["dtype"] == dtype and r["batch"] == batch), None
+            )
             ratio = f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
             base_s = f"{base['tokens_per_s']:.1f}" if base else "-"
             print(f"{dtype:9} {batch:5d} {ours['tokens_per_s']:14.1f} {base_s:>19} {ratio:>6}")
     if args.json:
-        meta = {"command": "python -m bench.offline " + " ".join(os.sys.argv[1:]), "torch": torch.__version__,
-                "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        meta = {
+            "command": "python -m bench.offline " + " ".join(os.sys.argv[1:]),
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        }
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=2)
 

@@ -4,6 +4,7 @@ Per level (one concurrency): output tokens/s and requests/s over the level's wal
 sent to last stream ended), TTFT / ITL / TPOT / end-to-end latency percentiles over the successful
 requests (ITL pools the gaps of all requests). Times in the JSON and tables are milliseconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -136,9 +137,15 @@ def format_server_table(run: dict) -> str:
 
 
 # (header, key, higher is better (None: no ratio), digits)
-_CMP = [("out tok/s", "output_tok_s", True, 1), ("req/s", "req_s", True, 2), ("TTFT p50", "ttft_ms_p50", False, None),
-        ("ITL p50", "itl_ms_p50", False, None), ("TPOT p50", "tpot_ms_p50", False, None),
-        ("E2E p50", "e2e_ms_p50", False, None), ("out tok", "output_tokens_mean", None, 0)]
+_CMP = [
+    ("out tok/s", "output_tok_s", True, 1),
+    ("req/s", "req_s", True, 2),
+    ("TTFT p50", "ttft_ms_p50", False, None),
+    ("ITL p50", "itl_ms_p50", False, None),
+    ("TPOT p50", "tpot_ms_p50", False, None),
+    ("E2E p50", "e2e_ms_p50", False, None),
+    ("out tok", "output_tokens_mean", None, 0),
+]
 
 
 def _ratio(ref: float | None, other: float | None, higher_better: bool) -> float | None:
@@ -172,9 +179,11 @@ def format_comparison(runs: list[dict]) -> str:
         return ""
     ref = runs[0]["name"]
     w = max(12, *(len(r["name"]) for r in runs), *(len(f"{ref}/{r['name']}") for r in runs[1:])) + 1
-    lines = [f"Side by side (ratio rows: {ref} vs each other server; > 1 means {ref} is better: "
-             "throughput ours/theirs, latency theirs/ours; times in ms)",
-             "  " + "C".rjust(4) + "  " + "server".ljust(w) + "".join(h.rjust(11) for h, _, _, _ in _CMP)]
+    lines = [
+        f"Side by side (ratio rows: {ref} vs each other server; > 1 means {ref} is better: "
+        "throughput ours/theirs, latency theirs/ours; times in ms)",
+        "  " + "C".rjust(4) + "  " + "server".ljust(w) + "".join(h.rjust(11) for h, _, _, _ in _CMP),
+    ]
     ratios = comparison(runs)
     concurrencies: list[int] = []
     for r in runs:
@@ -189,8 +198,10 @@ def format_comparison(runs: list[dict]) -> str:
         for row in ratios:
             if row["concurrency"] != c:
                 continue
-            cells = "".join((f"{row[k]:.2f}x" if row.get(k) is not None else ("" if hb is None else "-")).rjust(11)
-                            for _, k, hb, _ in _CMP)
+            cells = "".join(
+                (f"{row[k]:.2f}x" if row.get(k) is not None else ("" if hb is None else "-")).rjust(11)
+                for _, k, hb, _ in _CMP
+            )
             lines.append(("  " + "".rjust(4) + "  " + f"{ref}/{row['other']}".ljust(w) + cells).rstrip())
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ until the level's requests are used up (2×C by default) or `max_duration` has p
 rate, arrivals follow a Poisson process (exponential gaps, seeded) and C caps the requests in flight;
 a request's times start when it is sent, not when it arrived.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,17 @@ def _log(cfg: SweepConfig, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-async def run_level(client: httpx.AsyncClient, url: str, payloads: list[dict], concurrency: int, *,
-                    request_rate: float | None, timeout: float, max_duration: float, seed: int = 0) -> LevelRun:
+async def run_level(
+    client: httpx.AsyncClient,
+    url: str,
+    payloads: list[dict],
+    concurrency: int,
+    *,
+    request_rate: float | None,
+    timeout: float,
+    max_duration: float,
+    seed: int = 0,
+) -> LevelRun:
     """Send `payloads` with at most `concurrency` in flight; bounded by count and by `max_duration`."""
     n = len(payloads)
     results: list[RequestResult | None] = [None] * n
@@ -114,8 +124,9 @@ async def probe(client: httpx.AsyncClient, url: str, cfg: SweepConfig, model: st
     Returns (ignore_eos used, the result of the last try)."""
     spec = RequestSpec("Say hello.", min(4, cfg.max_tokens.hi) or 1)
     use = cfg.ignore_eos
-    payload = build_payload(spec, endpoint=cfg.endpoint, model=model, temperature=cfg.temperature,
-                            ignore_eos=use, extra_body=cfg.extra_body)
+    payload = build_payload(
+        spec, endpoint=cfg.endpoint, model=model, temperature=cfg.temperature, ignore_eos=use, extra_body=cfg.extra_body
+    )
     res = await send_request(client, url, payload, cfg.timeout)
     if not res.ok and use and res.status in (400, 422):
         payload.pop("ignore_eos", None)
@@ -131,8 +142,15 @@ async def run_sweep(name: str, base_url: str, cfg: SweepConfig, model: str | Non
     cannot answer the probe gives `error` and no levels."""
     base_url = base_url.rstrip("/")
     url = base_url + endpoint_path(cfg.endpoint)
-    out: dict = {"name": name, "base_url": base_url, "endpoint": cfg.endpoint, "model": model,
-                 "ignore_eos": None, "error": None, "levels": []}
+    out: dict = {
+        "name": name,
+        "base_url": base_url,
+        "endpoint": cfg.endpoint,
+        "model": model,
+        "ignore_eos": None,
+        "error": None,
+        "levels": [],
+    }
     async with make_client(max(cfg.concurrency + [cfg.warmup, 1]), cfg.timeout, cfg.api_key) as client:
         try:
             model = model or await detect_model(client, base_url)
@@ -148,38 +166,69 @@ async def run_sweep(name: str, base_url: str, cfg: SweepConfig, model: str | Non
             return out
         out["ignore_eos"] = use_eos
         if cfg.ignore_eos and not use_eos:
-            _log(cfg, f"[{name}] the server rejects ignore_eos; sending requests without it "
-                      "(outputs may end early at EOS: see the out-token column)")
+            _log(
+                cfg,
+                f"[{name}] the server rejects ignore_eos; sending requests without it "
+                "(outputs may end early at EOS: see the out-token column)",
+            )
         if not first.usage_reported:
             _log(cfg, f"[{name}] the server sends no usage in the stream; counting tokens by text chunks")
 
         def payloads(n: int, seed: int, max_tokens: IntRange) -> list[dict]:
             specs = make_requests(n, cfg.prompt_words, max_tokens, seed)
-            return [build_payload(s, endpoint=cfg.endpoint, model=model, temperature=cfg.temperature,
-                                  ignore_eos=use_eos, extra_body=cfg.extra_body) for s in specs]
+            return [
+                build_payload(
+                    s,
+                    endpoint=cfg.endpoint,
+                    model=model,
+                    temperature=cfg.temperature,
+                    ignore_eos=use_eos,
+                    extra_body=cfg.extra_body,
+                )
+                for s in specs
+            ]
 
         if cfg.warmup > 0:
             warm_tokens = IntRange(min(16, cfg.max_tokens.hi), min(16, cfg.max_tokens.hi))
             t = time.perf_counter()
-            warm = await run_level(client, url, payloads(cfg.warmup, cfg.seed + 999_983, warm_tokens),
-                                   cfg.warmup, request_rate=None, timeout=cfg.timeout,
-                                   max_duration=cfg.max_duration)
+            warm = await run_level(
+                client,
+                url,
+                payloads(cfg.warmup, cfg.seed + 999_983, warm_tokens),
+                cfg.warmup,
+                request_rate=None,
+                timeout=cfg.timeout,
+                max_duration=cfg.max_duration,
+            )
             bad = sum(not r.ok for r in warm.results)
-            _log(cfg, f"[{name}] warm-up: {cfg.warmup} requests in {time.perf_counter() - t:.1f} s"
-                      + (f", {bad} failed" if bad else ""))
+            _log(
+                cfg,
+                f"[{name}] warm-up: {cfg.warmup} requests in {time.perf_counter() - t:.1f} s"
+                + (f", {bad} failed" if bad else ""),
+            )
 
         for level_index, c in enumerate(cfg.concurrency):
             n = cfg.requests_for(c)
-            level = await run_level(client, url, payloads(n, cfg.seed + 1000 * (level_index + 1), cfg.max_tokens),
-                                    c, request_rate=cfg.request_rate, timeout=cfg.timeout,
-                                    max_duration=cfg.max_duration, seed=cfg.seed + level_index)
+            level = await run_level(
+                client,
+                url,
+                payloads(n, cfg.seed + 1000 * (level_index + 1), cfg.max_tokens),
+                c,
+                request_rate=cfg.request_rate,
+                timeout=cfg.timeout,
+                max_duration=cfg.max_duration,
+                seed=cfg.seed + level_index,
+            )
             summary = summarize_level(level)
             if cfg.keep_requests:
                 summary["requests_detail"] = [r.to_dict() for r in level.results]
             out["levels"].append(summary)
-            _log(cfg, f"[{name}] C={c}: {summary['ok']}/{summary['requests']} ok, "
-                      f"{summary['output_tok_s']:.1f} out tok/s, TTFT p50 {_ms(summary['ttft_ms_p50'])}, "
-                      f"ITL p50 {_ms(summary['itl_ms_p50'])}, {summary['duration_s']:.1f} s")
+            _log(
+                cfg,
+                f"[{name}] C={c}: {summary['ok']}/{summary['requests']} ok, "
+                f"{summary['output_tok_s']:.1f} out tok/s, TTFT p50 {_ms(summary['ttft_ms_p50'])}, "
+                f"ITL p50 {_ms(summary['itl_ms_p50'])}, {summary['duration_s']:.1f} s",
+            )
     return out
 
 

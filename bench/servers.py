@@ -5,6 +5,7 @@ interpreter, from the repository root. A baseline is any command line; `{port}` 
 free port and `{python}` by this interpreter. The process gets its own session (process group) so that
 stopping it (SIGTERM, then SIGKILL after a grace period) reaches the children it started and nothing else.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,7 @@ def free_port() -> int:
 
 
 def kvserve_argv(args: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "app.main", "serve", *shlex.split(args), "--host", "127.0.0.1",
-            "--port", str(port)]
+    return [sys.executable, "-m", "app.main", "serve", *shlex.split(args), "--host", "127.0.0.1", "--port", str(port)]
 
 
 def expand_command(command: str, port: int | None) -> list[str]:
@@ -41,8 +41,9 @@ def expand_command(command: str, port: int | None) -> list[str]:
 class ManagedServer:
     """A server process that this benchmark started (and will stop)."""
 
-    def __init__(self, name: str, argv: list[str], base_url: str, log_path: str, cwd: str | None = None,
-                 env: dict | None = None):
+    def __init__(
+        self, name: str, argv: list[str], base_url: str, log_path: str, cwd: str | None = None, env: dict | None = None
+    ):
         self.name, self.argv, self.base_url, self.log_path = name, argv, base_url.rstrip("/"), log_path
         self.cwd = cwd
         self.env = env
@@ -60,8 +61,15 @@ class ManagedServer:
         self._log.write(("$ " + shlex.join(self.argv) + "\n").encode())
         self._log.flush()
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.cwd, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.cwd,
+            env=self.env,
+            start_new_session=True,
+        )
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -81,13 +89,16 @@ class ManagedServer:
             while True:
                 code = self.proc.poll()
                 if code is not None:
-                    raise RuntimeError(f"{self.name} exited with code {code} before it was ready; "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"{self.name} exited with code {code} before it was ready; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
                 if self._ready(client):
                     return time.perf_counter() - self.started_at
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"{self.name} was not ready after {timeout:g} s; "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"{self.name} was not ready after {timeout:g} s; log {self.log_path}:\n{self.log_tail()}"
+                    )
                 time.sleep(0.2)
 
     def _ready(self, client: httpx.Client) -> bool:

@@ -4,6 +4,7 @@ A prompt is "Write a long story about " followed by N random common words (60 wo
 prompt tokens with the default model's chat template). Lengths are fixed (`60`) or drawn uniformly
 from a range (`30:120`); the same seed gives the same requests to every server in a comparison.
 """
+
 from __future__ import annotations
 
 import random
@@ -71,11 +72,23 @@ def make_requests(n: int, prompt_words: IntRange, max_tokens: IntRange, seed: in
     return out
 
 
-def build_payload(spec: RequestSpec, *, endpoint: str, model: str, temperature: float, ignore_eos: bool,
-                  extra_body: dict | None = None) -> dict:
+def build_payload(
+    spec: RequestSpec,
+    *,
+    endpoint: str,
+    model: str,
+    temperature: float,
+    ignore_eos: bool,
+    extra_body: dict | None = None,
+) -> dict:
     """The JSON body of one streaming request for `endpoint` ('chat' or 'completions')."""
-    body: dict = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-                  "max_tokens": spec.max_tokens, "temperature": temperature}
+    body: dict = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": spec.max_tokens,
+        "temperature": temperature,
+    }
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": spec.prompt}]
     elif endpoint == "completions":

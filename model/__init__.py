@@ -36,7 +36,27 @@ _EXPORTS = {
     "SamplingParams": ".sampling_params",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AsyncEngine",
+    "CompletionOutput",
+    "ContextLengthError",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineStats",
+    "InvalidParamError",
+    "LLM",
+    "LLMEngine",
+    "Logprob",
+    "ModelConfig",
+    "ModelLoadError",
+    "RequestAbortedError",
+    "RequestMetrics",
+    "RequestOutput",
+    "RequestStream",
+    "RuntimeInfo",
+    "SamplingParams",
+    "TokenLogprobs",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,9 @@
 """`python -m model [PROMPT ...]`: chat with a model from the command line (no server).
 
-    python -m model "What is the capital of France?"
-    python -m model --model path/to/model.gguf --max-tokens 64 "Tell me a joke"
+python -m model "What is the capital of France?"
+python -m model --model path/to/model.gguf --max-tokens 64 "Tell me a joke"
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 The sandbox is immutable, fails loudly on unsafe attribute access and refuses memory bombs;
 any template failure becomes a `ValueError`.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     # Like transformers: no HTML escaping, optional formatting arguments.
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 

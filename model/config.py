@@ -4,6 +4,7 @@
 (KV block count, dtype actually used, EOS ids) live in `engine.runtime.RuntimeInfo`.
 `ModelConfig` describes a Llama-family checkpoint, parsed from HF `config.json` or GGUF metadata.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -12,6 +12,7 @@ Stop strings: the earliest match (by start position, then the shortest) ends the
 string is dropped unless `include_stop_str_in_output`. Until a stop string can no longer match,
 a tail of the text that is a prefix of some stop string is held back.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

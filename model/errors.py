@@ -7,6 +7,7 @@
 - `EngineDeadError`: the engine thread stopped after an internal error.
 - `RequestAbortedError`: the server ended the request (e.g. at the end of a shutdown drain).
 """
+
 from __future__ import annotations
 
 
@@ -21,14 +22,19 @@ class InvalidParamError(ValueError):
 class ContextLengthError(InvalidParamError):
     """The prompt plus the tokens asked for (at least one) does not fit the context window."""
 
-    def __init__(self, num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,
-                 param: str = "prompt") -> None:
+    def __init__(
+        self, num_prompt_tokens: int, max_tokens: int | None, max_model_len: int, param: str = "prompt"
+    ) -> None:
         if max_tokens:
-            message = (f"the {param} has {num_prompt_tokens} tokens and max_tokens asks for {max_tokens} more, "
-                       f"but the context limit is {max_model_len} tokens")
+            message = (
+                f"the {param} has {num_prompt_tokens} tokens and max_tokens asks for {max_tokens} more, "
+                f"but the context limit is {max_model_len} tokens"
+            )
         else:
-            message = (f"the {param} has {num_prompt_tokens} tokens, but the context limit is {max_model_len} "
-                       "tokens (prompt plus at least one generated token)")
+            message = (
+                f"the {param} has {num_prompt_tokens} tokens, but the context limit is {max_model_len} "
+                "tokens (prompt plus at least one generated token)"
+            )
         super().__init__(message, param)
         self.num_prompt_tokens = num_prompt_tokens
         self.max_tokens = max_tokens

@@ -1,9 +1,11 @@
 """SamplingParams: what a request asks of the sampler and of the stop logic.
 
 Field names follow vLLM's. Every value is checked in `__post_init__`; a bad value raises
-InvalidParamError (a ValueError whose `.param` names the field) with a message a user can act on. Token ids are checked against the vocabulary
-later by `check_token_ids`, because only the engine knows the vocabulary size.
+InvalidParamError (a ValueError whose `.param` names the field) with a message a user can act on.
+Token ids are checked against the vocabulary later by `check_token_ids`, because only the engine
+knows the vocabulary size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,4 +102,5 @@ class SamplingParams:
             for tok in ids:
                 if not 0 <= int(tok) < vocab_size:
                     raise InvalidParamError(
-                        f"{param}: token id {tok} is outside the vocabulary (0..{vocab_size - 1})", param)
+                        f"{param}: token id {tok} is outside the vocabulary (0..{vocab_size - 1})", param
+                    )

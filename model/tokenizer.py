@@ -6,6 +6,7 @@ used as written; `model.loader.gguf_vocab` builds one from GGUF metadata (`token
 Chat templates are rendered in a Jinja sandbox (`model.chat_template`); any template failure
 becomes a `ValueError`.
 """
+
 from __future__ import annotations
 
 import json
@@ -241,8 +242,18 @@ def _decoder_style(backend: BackendTokenizer) -> str:
     return "other"
 
 
-_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEANUPS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 def _clean_up_spaces(text: str) -> str:

@@ -20,5 +20,11 @@ def tiny_llm(tiny_llama_dir):
     """One fp32 engine on the tiny Llama, shared by the invariant tests (each checks it is idle)."""
     from model import LLM
 
-    return LLM(tiny_llama_dir, dtype="float32", device="cpu", max_num_seqs=16, max_num_batched_tokens=256,
-               kv_cache_memory=8 * 1024**2)
+    return LLM(
+        tiny_llama_dir,
+        dtype="float32",
+        device="cpu",
+        max_num_seqs=16,
+        max_num_batched_tokens=256,
+        kv_cache_memory=8 * 1024**2,
+    )

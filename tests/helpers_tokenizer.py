@@ -7,6 +7,7 @@
 - `write_tiny_gguf(path, state_dict, config, vocab)`: a GGUF in llama.cpp's layout (names, q/k
   permutation for llama) from a HF state dict, with tokenizer metadata.
 """
+
 from __future__ import annotations
 
 import io
@@ -127,16 +128,26 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 _LAYER_PARTS = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
 }
 
 
 def gguf_name(hf: str) -> str:
-    fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
+    fixed = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     if hf in fixed:
         return fixed[hf]
     _, _, layer, rest = hf.split(".", 3)
@@ -187,8 +198,15 @@ def write_tiny_gguf(
         w.add_token_scores(vocab["scores"])
     for key in ("bos", "eos", "unk", "pad"):
         if f"{key}_id" in vocab:
-            getattr(w, {"bos": "add_bos_token_id", "eos": "add_eos_token_id", "unk": "add_unk_token_id",
-                        "pad": "add_pad_token_id"}[key])(vocab[f"{key}_id"])
+            getattr(
+                w,
+                {
+                    "bos": "add_bos_token_id",
+                    "eos": "add_eos_token_id",
+                    "unk": "add_unk_token_id",
+                    "pad": "add_pad_token_id",
+                }[key],
+            )(vocab[f"{key}_id"])
     if "add_bos" in vocab:
         w.add_add_bos_token(vocab["add_bos"])
     if "chat_template" in vocab:

@@ -4,6 +4,7 @@
 `tiny-llama`. Test modules import the fixtures they use from here; processes are cached by key,
 so a server is started once per session even when several modules import its fixture.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics(headers)
-            if (m["vllm:num_requests_running"] == 0 and m["vllm:num_requests_waiting"] == 0
-                    and m["vllm:kv_cache_usage_perc"] == 0 and m["kvserve:requests_in_flight"] == 0):
+            if (
+                m["vllm:num_requests_running"] == 0
+                and m["vllm:num_requests_waiting"] == 0
+                and m["vllm:kv_cache_usage_perc"] == 0
+                and m["kvserve:requests_in_flight"] == 0
+            ):
                 return m
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not idle after {timeout}s: {m}")
@@ -119,8 +124,9 @@ def stop_all() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_llama_dir) -> Iterator[ServerProcess]:
-    server = shared_server("tiny", [tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME,
-                                    "--max-body-bytes", "256KiB"])
+    server = shared_server(
+        "tiny", [tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME, "--max-body-bytes", "256KiB"]
+    )
     try:
         yield server.wait_ready()
     finally:
@@ -147,7 +153,7 @@ def sse_events(raw: str) -> list[Any]:
         if not lines:
             continue
         assert len(lines) == 1 and lines[0].startswith("data: "), block
-        payload = lines[0][len("data: "):]
+        payload = lines[0][len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
     return events[:-1]
@@ -162,8 +168,9 @@ def post_stream(base_url: str, path: str, body: dict, headers: dict | None = Non
     return r, sse_events(raw)
 
 
-def assert_error(r: httpx.Response, status: int, code: str | None = None, param: str | None = None,
-                 type: str | None = None) -> dict:
+def assert_error(
+    r: httpx.Response, status: int, code: str | None = None, param: str | None = None, type: str | None = None
+) -> dict:
     """The response is `status` with OpenAI's error envelope (and the given code / param / type)."""
     assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json"), r.headers

@@ -1,4 +1,5 @@
 """AsyncEngine: background engine thread, concurrent streams, abort on early exit, engine death."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
 
 @pytest.fixture()
 def async_engine(tiny_llama_dir):
-    engine = AsyncEngine(EngineConfig(model=tiny_llama_dir, dtype="float32", device="cpu",
-                                      kv_cache_memory=8 * 1024**2))
+    engine = AsyncEngine(EngineConfig(model=tiny_llama_dir, dtype="float32", device="cpu", kv_cache_memory=8 * 1024**2))
     engine.start()
     yield engine
     engine.shutdown()
@@ -85,6 +85,7 @@ def test_engine_death_is_reported(tiny_llama_dir):
     core.runner.execute = boom
     engine.start()
     try:
+
         async def main():
             with pytest.raises(EngineDeadError):
                 await collect(engine, [1, 2, 3], GREEDY)
@@ -99,6 +100,7 @@ def test_engine_death_is_reported(tiny_llama_dir):
 
 def test_abort_all_ends_every_stream(async_engine):
     """The shutdown hook: every open stream raises RequestAbortedError and its blocks are freed."""
+
     async def main():
         params = SamplingParams(max_tokens=400, ignore_eos=True)
         started = asyncio.Event()

@@ -1,5 +1,6 @@
 """The fast SDPA paged-attention path equals the plain reference path on random block tables,
 grouped-query heads and mixed prefill/decode batches."""
+
 from __future__ import annotations
 
 import random
@@ -46,7 +47,9 @@ def build_case(seed: int, heads: int, kv_heads: int, dim: int, decode_ctx: list[
         meta.num_decode = len(decode_ctx)
         meta.decode_block_tables = padded
         meta.decode_context_lens = torch.tensor(decode_ctx)
-        meta.decode_mask = (torch.arange(max_blocks * BLOCK)[None, :] < meta.decode_context_lens[:, None])[:, None, None]
+        meta.decode_mask = (torch.arange(max_blocks * BLOCK)[None, :] < meta.decode_context_lens[:, None])[
+            :, None, None
+        ]
     total = q_start
     q = torch.randn(total, heads, dim, generator=gen)
     k = torch.randn(total, kv_heads, dim, generator=gen)

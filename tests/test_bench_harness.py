@@ -4,6 +4,7 @@ The fake streams one chunk per token after known delays, then a usage chunk, so 
 can be checked. Run as a script it serves on a port (used to test starting a baseline command):
     python tests/test_bench_harness.py --port 8123 [--reject-ignore-eos]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def create_fake_app(reject_ignore_eos: bool = False, fail_max_tokens: int | None
     app.state.received = []
 
     def err(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                       "code": None}}, status_code=status)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}},
+            status_code=status,
+        )
 
     @app.get("/health")
     async def health():
@@ -57,8 +60,9 @@ def create_fake_app(reject_ignore_eos: bool = False, fail_max_tokens: int | None
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def frame(choices, **extra) -> str:
-            return "data: " + json.dumps({"id": "x", "object": obj, "model": MODEL, "choices": choices,
-                                          **extra}) + "\n\n"
+            return (
+                "data: " + json.dumps({"id": "x", "object": obj, "model": MODEL, "choices": choices, **extra}) + "\n\n"
+            )
 
         def choice(text: str | None, finish: str | None = None) -> dict:
             if chat:
@@ -153,17 +157,30 @@ def test_sweep_counts_and_timings():
     from bench.runner import SweepConfig, run_sweep
     from bench.workload import IntRange
 
-    cfg = SweepConfig(concurrency=[1, 4], max_tokens=IntRange(8, 8), prompt_words=IntRange(5, 5), warmup=1,
-                      timeout=30, quiet=True, keep_requests=True)
+    cfg = SweepConfig(
+        concurrency=[1, 4],
+        max_tokens=IntRange(8, 8),
+        prompt_words=IntRange(5, 5),
+        warmup=1,
+        timeout=30,
+        quiet=True,
+        keep_requests=True,
+    )
     with FakeServer() as fake:
         run = asyncio.run(run_sweep("fake", fake.base_url, cfg))
     assert run["error"] is None and run["model"] == MODEL and run["ignore_eos"] is True
     # probe + warm-up + 2 + 8 requests, every one streaming with usage, ignore_eos and max_tokens
     assert len(fake.received) == 1 + 1 + 2 + 8
     sweep_bodies = fake.received[2:]
-    assert all(b["stream"] and b["stream_options"] == {"include_usage": True} and b["ignore_eos"] is True
-               and b["temperature"] == 0 and b["max_tokens"] == 8 and b["messages"][0]["role"] == "user"
-               for b in sweep_bodies)
+    assert all(
+        b["stream"]
+        and b["stream_options"] == {"include_usage": True}
+        and b["ignore_eos"] is True
+        and b["temperature"] == 0
+        and b["max_tokens"] == 8
+        and b["messages"][0]["role"] == "user"
+        for b in sweep_bodies
+    )
     assert len({b["messages"][0]["content"] for b in sweep_bodies}) > 1
     by_c = {lv["concurrency"]: lv for lv in run["levels"]}
     assert set(by_c) == {1, 4}
@@ -188,8 +205,17 @@ def test_completions_random_lengths_rejected_ignore_eos_and_errors():
     from bench.runner import SweepConfig, run_sweep
     from bench.workload import IntRange
 
-    cfg = SweepConfig(concurrency=[3], num_requests=12, endpoint="completions", max_tokens=IntRange(2, 5),
-                      prompt_words=IntRange(1, 8), warmup=0, timeout=30, quiet=True, keep_requests=True)
+    cfg = SweepConfig(
+        concurrency=[3],
+        num_requests=12,
+        endpoint="completions",
+        max_tokens=IntRange(2, 5),
+        prompt_words=IntRange(1, 8),
+        warmup=0,
+        timeout=30,
+        quiet=True,
+        keep_requests=True,
+    )
     with FakeServer(reject_ignore_eos=True, fail_max_tokens=3) as fake:
         run = asyncio.run(run_sweep("fake", fake.base_url, cfg))
     assert run["error"] is None and run["ignore_eos"] is False  # probe got 422, retried without it
@@ -214,11 +240,40 @@ def test_cli_sweep_with_started_baseline(tmp_path, capsys):
     plot = tmp_path / "bench.png"
     script = os.path.abspath(__file__)
     with FakeServer() as fake:
-        rc = main(["--base-url", fake.base_url, "--name", "inproc", "--concurrency", "1", "2",
-                   "--num-requests", "4", "--max-tokens", "4", "--prompt-words", "5", "--warmup", "1",
-                   "--baseline", f"{{python}} {script} --port {{port}}", "--baseline-name", "started",
-                   "--startup-timeout", "60", "--timeout", "30", "--log-dir", str(tmp_path / "logs"),
-                   "--json", str(out_json), "--plot", str(plot), "--quiet"])
+        rc = main(
+            [
+                "--base-url",
+                fake.base_url,
+                "--name",
+                "inproc",
+                "--concurrency",
+                "1",
+                "2",
+                "--num-requests",
+                "4",
+                "--max-tokens",
+                "4",
+                "--prompt-words",
+                "5",
+                "--warmup",
+                "1",
+                "--baseline",
+                f"{{python}} {script} --port {{port}}",
+                "--baseline-name",
+                "started",
+                "--startup-timeout",
+                "60",
+                "--timeout",
+                "30",
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--json",
+                str(out_json),
+                "--plot",
+                str(plot),
+                "--quiet",
+            ]
+        )
     assert rc == 0
     text = capsys.readouterr().out
     assert "out tok/s" in text and "TTFT p50" in text and "Side by side" in text and "inproc/started" in text
@@ -247,5 +302,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     import uvicorn
 
-    uvicorn.run(create_fake_app(reject_ignore_eos=a.reject_ignore_eos), host="127.0.0.1", port=a.port,
-                log_level="warning")
+    uvicorn.run(
+        create_fake_app(reject_ignore_eos=a.reject_ignore_eos), host="127.0.0.1", port=a.port, log_level="warning"
+    )

@@ -2,15 +2,16 @@
 
 Without a CUDA GPU only the first test runs (asking for cuda is a clear error); the rest skip.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-from model import LLM, SamplingParams
 from test_engine_invariants import assert_idle, make_prompts, tokens
 from test_model_parity import PROMPT, engine_logits
 from tiny_models import ARCHS, write_tiny_model
+
+from model import LLM, SamplingParams
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,7 +36,7 @@ def test_cuda_fp32_logits_and_greedy_match_transformers(tmp_path, arch):
     with torch.no_grad():
         for _ in range(24):
             ids.append(int(hf(torch.tensor([ids], device="cuda")).logits[0, -1].argmax()))
-    expected = ids[len(PROMPT):]
+    expected = ids[len(PROMPT) :]
     out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0]
     assert out.token_ids == expected
 

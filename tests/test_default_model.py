@@ -1,4 +1,5 @@
 """The embedded default GGUF (SmolLM2-135M-Instruct) end to end, against transformers' own GGUF loader."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def hf_gguf_model():
     from transformers import AutoModelForCausalLM
 
     path = default_model_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).eval()
 
 
 def test_greedy_equals_transformers_gguf(default_llm, hf_gguf_model):
@@ -41,8 +43,9 @@ def test_greedy_equals_transformers_gguf(default_llm, hf_gguf_model):
         assert len(ids) >= 40
         ours = default_llm.generate([ids], SamplingParams(temperature=0, max_tokens=48, ignore_eos=True))[0]
         with torch.no_grad():
-            ref = hf_gguf_model.generate(torch.tensor([ids]), max_new_tokens=48, min_new_tokens=48, do_sample=False,
-                                         pad_token_id=0)[0, len(ids):].tolist()
+            ref = hf_gguf_model.generate(
+                torch.tensor([ids]), max_new_tokens=48, min_new_tokens=48, do_sample=False, pad_token_id=0
+            )[0, len(ids) :].tolist()
         # min_new_tokens masks EOS in transformers; compare up to the first EOS our run produced.
         eos = set(default_llm.engine.runtime.eos_token_ids)
         cut = next((i for i, t in enumerate(ours.token_ids) if t in eos), 48)
@@ -51,14 +54,16 @@ def test_greedy_equals_transformers_gguf(default_llm, hf_gguf_model):
 
 
 def test_chat_names_paris(default_llm):
-    out = default_llm.chat([{"role": "user", "content": "What is the capital of France?"}],
-                           SamplingParams(temperature=0, max_tokens=32))[0]
+    out = default_llm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0, max_tokens=32)
+    )[0]
     assert "Paris" in out.text
     assert out.finish_reason == "stop"
 
 
 def test_bfloat16_chat_names_paris():
     llm = LLM(dtype="bfloat16", device="cpu", kv_cache_memory=64 * 1024**2, max_model_len=2048)
-    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
-                   SamplingParams(temperature=0, max_tokens=32))[0]
+    out = llm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0, max_tokens=32)
+    )[0]
     assert "Paris" in out.text

@@ -1,6 +1,7 @@
 """Detokenizer tests against the tokenizer's own full decode (the oracle), with small tokenizers
 trained here offline: a byte-level BPE (GPT-2 / SmolLM style) and a SentencePiece-style BPE with
 byte fallback and a context-dependent leading space (Llama-2 style decoder)."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Engine invariants at temperature 0 on a tiny random Llama: batching, prefix cache, chunked
 prefill and preemption never change the tokens; abort in any state returns every block."""
+
 from __future__ import annotations
 
 import random
@@ -103,8 +104,10 @@ def test_seeded_sampling_is_independent_of_the_batch(default_dtype_llm):
     others = SamplingParams(temperature=0.8, max_tokens=20, ignore_eos=True)
     mixed = llm.generate(make_prompts(3, seed=5) + [[5, 6, 7, 8]], [others] * 3 + [params])[3].token_ids
     assert alone == mixed
-    unseeded = {tuple(llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0].token_ids)
-                for _ in range(3)}
+    unseeded = {
+        tuple(llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0].token_ids)
+        for _ in range(3)
+    }
     assert len(unseeded) > 1
     assert_idle(llm)
 

@@ -1,16 +1,17 @@
 """quantization="fp16" (float16 weights, float32 math through fbgemm) against its oracle: transformers
 with the same weights rounded to float16, computing in float32. Invariance holds as in float32."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_engine_invariants import assert_idle, make_prompts, tokens
+from test_model_parity import PROMPT, engine_logits, hf_greedy
+from tiny_models import ARCHS, write_tiny_model
 from torch import nn
 
 from model import LLM, SamplingParams
 from model.layers.fp16_weights import fp16_weights_supported
-from test_engine_invariants import assert_idle, make_prompts, tokens
-from test_model_parity import PROMPT, engine_logits, hf_greedy
-from tiny_models import ARCHS, write_tiny_model
 
 pytestmark = pytest.mark.skipif(not fp16_weights_supported(), reason="needs torch's fbgemm engine (x86-64)")
 
@@ -74,7 +75,8 @@ def test_fp16_weights_bad_combinations_are_clear_errors(tiny_llama_dir, kwargs, 
 @pytest.mark.slow
 def test_default_model_with_fp16_weights_names_paris():
     llm = LLM(dtype="float32", device="cpu", quantization="fp16")
-    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
-                   SamplingParams(temperature=0, max_tokens=32))[0]
+    out = llm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0, max_tokens=32)
+    )[0]
     assert "Paris" in out.text
     assert out.finish_reason == "stop"

@@ -1,5 +1,6 @@
 """model.loader.gguf: config, names and weights against transformers' GGUF loader and gguf's
 reader; every kind of bad file gives one quick ModelLoadError naming the file."""
+
 from __future__ import annotations
 
 import os
@@ -110,8 +111,16 @@ def test_default_model_name(filename, expected):
 # --------------------------------------------------------------------------- tiny models of each architecture
 
 
-TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+TINY = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +147,14 @@ def _tiny_hf_model(arch: str, tie: bool):
     return model.state_dict(), config.to_dict()
 
 
-QUANTS = {"blk.0.ffn_up.weight": Q.Q8_0, "blk.0.ffn_gate.weight": Q.Q4_0, "blk.1.ffn_up.weight": Q.Q4_1,
-          "blk.1.ffn_gate.weight": Q.F16, "blk.1.attn_q.weight": Q.Q8_0, "token_embd.weight": Q.BF16}
+QUANTS = {
+    "blk.0.ffn_up.weight": Q.Q8_0,
+    "blk.0.ffn_gate.weight": Q.Q4_0,
+    "blk.1.ffn_up.weight": Q.Q4_1,
+    "blk.1.ffn_gate.weight": Q.F16,
+    "blk.1.attn_q.weight": Q.Q8_0,
+    "token_embd.weight": Q.BF16,
+}
 
 
 @pytest.mark.parametrize("arch, tie", [("llama", False), ("llama", True), ("qwen2", True), ("qwen3", False)])
@@ -175,11 +190,17 @@ def test_llama3_rope_scaling_from_rope_freqs(tmp_path, tiny_vocab):
     freqs = llama3_freq_factors(16, 500000.0, 8.0, 1.0, 4.0, 8192).astype(np.float32)
     assert 1.0 < freqs.max() and freqs.min() == 1.0  # the tiny head spans all three bands
     path = str(tmp_path / "l3.gguf")
-    _write_tiny(path, tiny_vocab, extra_tensors={"rope_freqs.weight": freqs},
-                extra_kv={"llama.rope.freq_base": 500000.0})
+    _write_tiny(
+        path, tiny_vocab, extra_tensors={"rope_freqs.weight": freqs}, extra_kv={"llama.rope.freq_base": 500000.0}
+    )
     ckpt = load_gguf(path)
-    assert ckpt.config.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert ckpt.config.rope_scaling == {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     assert "rope_freqs.weight" not in dict(ckpt.weights())
 
 
@@ -192,8 +213,15 @@ def test_odd_rope_freqs_are_refused(tmp_path, tiny_vocab):
 
 def test_linear_rope_scaling_and_eot(tmp_path, tiny_vocab):
     path = str(tmp_path / "lin.gguf")
-    _write_tiny(path, tiny_vocab, extra_kv={"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0,
-                                           "tokenizer.ggml.eot_token_id": 0})
+    _write_tiny(
+        path,
+        tiny_vocab,
+        extra_kv={
+            "llama.rope.scaling.type": "linear",
+            "llama.rope.scaling.factor": 2.0,
+            "tokenizer.ggml.eot_token_id": 0,
+        },
+    )
     ckpt = load_gguf(path)
     assert ckpt.config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
     assert ckpt.eos_token_ids == [2, 0]
@@ -225,8 +253,13 @@ CRAFTED = {
     "huge_string_array": (_kv_header(b"k", 9, struct.pack("<IQ", 8, 2**58) + PAD), "elements"),
     "unknown_value_type": (_kv_header(b"k", 99, PAD), "unknown value type 99"),
     "huge_dims": (
-        _header(1, 0) + struct.pack("<Q", 1) + b"t" + struct.pack("<I", 2) + struct.pack("<QQ", 2**40, 2**40)
-        + struct.pack("<IQ", 0, 0) + PAD,
+        _header(1, 0)
+        + struct.pack("<Q", 1)
+        + b"t"
+        + struct.pack("<I", 2)
+        + struct.pack("<QQ", 2**40, 2**40)
+        + struct.pack("<IQ", 0, 0)
+        + PAD,
         "runs past the end",
     ),
     "too_many_dims": (_header(1, 0) + struct.pack("<Q", 1) + b"t" + struct.pack("<I", 1000) + PAD, "1000 dimensions"),
@@ -267,8 +300,9 @@ def test_missing_path_and_directory(tmp_path):
     _expect_quick_error(str(tmp_path), "is a directory")
 
 
-@pytest.mark.parametrize("size, match", [(1000, "more than a 1000-byte file can hold"),
-                                         (200_000, "runs past the end of the file")])
+@pytest.mark.parametrize(
+    "size, match", [(1000, "more than a 1000-byte file can hold"), (200_000, "runs past the end of the file")]
+)
 def test_truncated_real_file(tmp_path, smol_path, size, match):
     path = tmp_path / "head.gguf"
     with open(smol_path, "rb") as f:
@@ -286,8 +320,12 @@ def test_truncated_tensor_data(tmp_path, tiny_vocab):
 
 def test_unsupported_quant_type(tmp_path, tiny_vocab):
     path = str(tmp_path / "i8.gguf")
-    _write_tiny(path, tiny_vocab, skip=["blk.0.attn_norm.weight"],
-                extra_tensors={"blk.0.attn_norm.weight": np.ones(64, dtype=np.int8)})
+    _write_tiny(
+        path,
+        tiny_vocab,
+        skip=["blk.0.attn_norm.weight"],
+        extra_tensors={"blk.0.attn_norm.weight": np.ones(64, dtype=np.int8)},
+    )
     _expect_quick_error(path, "'blk.0.attn_norm.weight' uses I8, which kvserve cannot dequantize")
 
 
@@ -299,8 +337,9 @@ def test_missing_and_unexpected_tensors(tmp_path, tiny_vocab):
     _write_tiny(path, tiny_vocab, extra_tensors={"blk.0.ffn_gate_exps.weight": np.ones((2, 64), np.float32)})
     _expect_quick_error(path, "unexpected tensor 'blk.0.ffn_gate_exps.weight'")
     path = str(tmp_path / "shape.gguf")
-    _write_tiny(path, tiny_vocab, skip=["output_norm.weight"],
-                extra_tensors={"output_norm.weight": np.ones(32, np.float32)})
+    _write_tiny(
+        path, tiny_vocab, skip=["output_norm.weight"], extra_tensors={"output_norm.weight": np.ones(32, np.float32)}
+    )
     _expect_quick_error(path, "'output_norm.weight' has shape (32,), expected (64,)")
 
 
@@ -309,4 +348,3 @@ def test_unsupported_architecture(tmp_path, tiny_vocab):
     state, config = _tiny_hf_model("llama", False)
     write_tiny_gguf(path, state, config, tiny_vocab, arch="falcon")
     _expect_quick_error(path, "unsupported architecture 'falcon'")
-

@@ -4,6 +4,7 @@ Shapes and ids, usage arithmetic, every prompt form, streaming framing and strea
 n > 1, stop strings across token boundaries, multibyte text, logprobs formats, echo, include_usage,
 seeded determinism under concurrency, /tokenize and /detokenize.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,8 @@ import time
 import httpx
 import openai
 import pytest
-
-from http_server import TINY_NAME, assert_error, base_url, post_stream, tiny_server  # noqa: F401 (fixtures)
 from helpers_tokenizer import TINY_EOS_ID
+from http_server import TINY_NAME, assert_error, base_url, post_stream, tiny_server  # noqa: F401 (fixtures)
 
 NO_EOS = {"ignore_eos": True}
 
@@ -80,8 +80,7 @@ def test_health_version_models(base_url, client):
 
 def test_completion_shape_and_usage(base_url, client):
     before = int(time.time())
-    r = client.completions.create(model=TINY_NAME, prompt="Hello world", max_tokens=5, temperature=0,
-                                  extra_body=NO_EOS)
+    r = client.completions.create(model=TINY_NAME, prompt="Hello world", max_tokens=5, temperature=0, extra_body=NO_EOS)
     assert r.id.startswith("cmpl-") and len(r.id) > 10 and r.object == "text_completion"
     assert before - 1 <= r.created <= time.time() + 1 and r.model == TINY_NAME
     assert len(r.choices) == 1 and r.choices[0].index == 0 and r.choices[0].finish_reason == "length"
@@ -102,8 +101,9 @@ def test_completion_shape_and_usage(base_url, client):
 
 def test_chat_shape_usage_and_content_parts(base_url, client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
-    r = client.chat.completions.create(model=TINY_NAME, messages=messages, max_tokens=6, temperature=0,
-                                       extra_body=NO_EOS)
+    r = client.chat.completions.create(
+        model=TINY_NAME, messages=messages, max_tokens=6, temperature=0, extra_body=NO_EOS
+    )
     assert r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.model == TINY_NAME
     msg = r.choices[0].message
     assert msg.role == "assistant" and isinstance(msg.content, str) and r.choices[0].finish_reason == "length"
@@ -111,8 +111,10 @@ def test_chat_shape_usage_and_content_parts(base_url, client):
     assert r.usage.prompt_tokens == len(prompt_ids) and r.usage.completion_tokens == 6
     assert r.usage.total_tokens == len(prompt_ids) + 6
     # Content as a list of text parts is the same prompt as the joined string.
-    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-             {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}]
+    parts = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]},
+    ]
     joined = [messages[0], {"role": "user", "content": "Hello\nthere"}]
     a = chat(base_url, messages=parts, max_tokens=6, temperature=0, ignore_eos=True)
     b = chat(base_url, messages=joined, max_tokens=6, temperature=0, ignore_eos=True)
@@ -158,9 +160,11 @@ def test_echo(base_url):
     ids = tokenize(base_url, prompt="Hello world", add_special_tokens=False)
     body = completion(base_url, prompt=ids, max_tokens=3, temperature=0, echo=True, ignore_eos=True)
     assert body["choices"][0]["text"].startswith("Hello world")
-    _, events = post_stream(base_url, "/v1/completions",
-                            {"prompt": "Hello world", "max_tokens": 3, "temperature": 0, "echo": True,
-                             "ignore_eos": True, "stream": True})
+    _, events = post_stream(
+        base_url,
+        "/v1/completions",
+        {"prompt": "Hello world", "max_tokens": 3, "temperature": 0, "echo": True, "ignore_eos": True, "stream": True},
+    )
     assert events[0]["choices"][0]["text"].startswith("Hello world")
     assert streamed_texts(events)[0] == "Hello world" + plain["choices"][0]["text"]
 
@@ -169,8 +173,15 @@ def test_echo(base_url):
 
 
 def test_completion_stream_equals_non_stream(base_url):
-    body = {"model": TINY_NAME, "prompt": ["Once upon a time", "Numbers like"], "n": 2, "max_tokens": 24,
-            "temperature": 1.0, "seed": 1234, "ignore_eos": True}
+    body = {
+        "model": TINY_NAME,
+        "prompt": ["Once upon a time", "Numbers like"],
+        "n": 2,
+        "max_tokens": 24,
+        "temperature": 1.0,
+        "seed": 1234,
+        "ignore_eos": True,
+    }
     full = completion(base_url, **body)
     r, events = post_stream(base_url, "/v1/completions", {**body, "stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -186,8 +197,15 @@ def test_completion_stream_equals_non_stream(base_url):
 
 
 def test_chat_stream_framing_n_and_usage(base_url):
-    body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Tell me a story"}], "n": 3,
-            "max_tokens": 12, "temperature": 0.9, "seed": 7, "ignore_eos": True}
+    body = {
+        "model": TINY_NAME,
+        "messages": [{"role": "user", "content": "Tell me a story"}],
+        "n": 3,
+        "max_tokens": 12,
+        "temperature": 0.9,
+        "seed": 7,
+        "ignore_eos": True,
+    }
     full = chat(base_url, **body)
     r, events = post_stream(base_url, "/v1/chat/completions", {**body, "stream": True})
     assert all(ev["object"] == "chat.completion.chunk" and ev["id"].startswith("chatcmpl-") for ev in events)
@@ -206,23 +224,31 @@ def test_chat_stream_framing_n_and_usage(base_url):
     assert streamed_texts(events, "delta") == {c["index"]: c["message"]["content"] for c in full["choices"]}
 
     # include_usage: every chunk carries usage null, then one extra chunk with no choices and the totals.
-    _, events = post_stream(base_url, "/v1/chat/completions",
-                            {**body, "stream": True, "stream_options": {"include_usage": True}})
+    _, events = post_stream(
+        base_url, "/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert all("usage" in ev and ev["usage"] is None for ev in events[:-1])
     assert events[-1]["choices"] == [] and events[-1]["usage"] == full["usage"]
     assert full["usage"]["completion_tokens"] == 3 * 12
     # stream_options.include_usage false: no usage chunk.
-    _, events = post_stream(base_url, "/v1/chat/completions",
-                            {**body, "n": 1, "stream": True, "stream_options": {"include_usage": False}})
+    _, events = post_stream(
+        base_url, "/v1/chat/completions", {**body, "n": 1, "stream": True, "stream_options": {"include_usage": False}}
+    )
     assert all(ev["choices"] for ev in events)
 
 
 def test_sdk_streaming_sync_and_async(base_url, client):
     messages = [{"role": "user", "content": "Hello"}]
-    full = client.chat.completions.create(model=TINY_NAME, messages=messages, max_tokens=10, seed=3,
-                                          extra_body=NO_EOS)
-    stream = client.chat.completions.create(model=TINY_NAME, messages=messages, max_tokens=10, seed=3,
-                                            stream=True, stream_options={"include_usage": True}, extra_body=NO_EOS)
+    full = client.chat.completions.create(model=TINY_NAME, messages=messages, max_tokens=10, seed=3, extra_body=NO_EOS)
+    stream = client.chat.completions.create(
+        model=TINY_NAME,
+        messages=messages,
+        max_tokens=10,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=NO_EOS,
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
@@ -231,10 +257,12 @@ def test_sdk_streaming_sync_and_async(base_url, client):
     async def run():
         aclient = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
         try:
-            r = await aclient.completions.create(model=TINY_NAME, prompt="Hello", max_tokens=8, seed=5,
-                                                 extra_body=NO_EOS)
-            s = await aclient.completions.create(model=TINY_NAME, prompt="Hello", max_tokens=8, seed=5,
-                                                 stream=True, extra_body=NO_EOS)
+            r = await aclient.completions.create(
+                model=TINY_NAME, prompt="Hello", max_tokens=8, seed=5, extra_body=NO_EOS
+            )
+            s = await aclient.completions.create(
+                model=TINY_NAME, prompt="Hello", max_tokens=8, seed=5, stream=True, extra_body=NO_EOS
+            )
             pieces = [c.choices[0].text async for c in s]
             return r.choices[0].text, "".join(pieces)
         finally:
@@ -253,9 +281,14 @@ def _stop_across_boundary(text: str, tokens: list[str]) -> tuple[str, int] | Non
             return None
         pos += len(tok)
         assert text[:pos].endswith(tok)
-        candidate = text[pos - 1:pos + 1]
-        if pos >= 2 and len(candidate) == 2 and "\ufffd" not in candidate and candidate.isprintable() \
-                and text.find(candidate) == pos - 1:
+        candidate = text[pos - 1 : pos + 1]
+        if (
+            pos >= 2
+            and len(candidate) == 2
+            and "\ufffd" not in candidate
+            and candidate.isprintable()
+            and text.find(candidate) == pos - 1
+        ):
             return candidate, pos - 1
     return None
 
@@ -285,9 +318,16 @@ def test_stop_string_split_across_tokens_is_excluded(base_url):
     messages = [{"role": "user", "content": "Hello"}]
     base = chat(base_url, messages=messages, max_tokens=16, temperature=0, ignore_eos=True)["choices"][0]
     content = base["message"]["content"]
-    probe = next((content[i:i + 2] for i in range(1, len(content) - 1)
-                  if content[i:i + 2].isprintable() and "\ufffd" not in content[i:i + 2]
-                  and content.find(content[i:i + 2]) == i), None)
+    probe = next(
+        (
+            content[i : i + 2]
+            for i in range(1, len(content) - 1)
+            if content[i : i + 2].isprintable()
+            and "\ufffd" not in content[i : i + 2]
+            and content.find(content[i : i + 2]) == i
+        ),
+        None,
+    )
     if probe is not None:
         got = chat(base_url, messages=messages, max_tokens=16, temperature=0, ignore_eos=True, stop=probe)
         assert got["choices"][0]["message"]["content"] == content[: content.find(probe)]
@@ -299,9 +339,18 @@ def test_multibyte_text_streams_whole_characters(base_url, vocab):
 
     # Push the model towards the two byte tokens of "é" (C3 A9), so characters get split across tokens.
     lead, cont = vocab[BYTE_TO_UNICODE[0xC3]], vocab[BYTE_TO_UNICODE[0xA9]]
-    body = {"model": TINY_NAME, "prompt": "Caf\u00e9", "max_tokens": 12, "n": 8, "seed": 11, "temperature": 1.0,
-            "ignore_eos": True, "logit_bias": {str(lead): 6, str(cont): 6, **{str(t): -100 for t in (0, 1, TINY_EOS_ID)}},
-            "logprobs": 0, "return_tokens_as_token_ids": True}
+    body = {
+        "model": TINY_NAME,
+        "prompt": "Caf\u00e9",
+        "max_tokens": 12,
+        "n": 8,
+        "seed": 11,
+        "temperature": 1.0,
+        "ignore_eos": True,
+        "logit_bias": {str(lead): 6, str(cont): 6, **{str(t): -100 for t in (0, 1, TINY_EOS_ID)}},
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+    }
     full = completion(base_url, **body)
     _, events = post_stream(base_url, "/v1/completions", {**body, "stream": True})
     streamed = streamed_texts(events)
@@ -322,8 +371,14 @@ def test_multibyte_text_streams_whole_characters(base_url, vocab):
 
 def test_completion_logprobs_legacy_format(base_url):
     # Token ids as names ("token_id:N") keep the top_logprobs keys unique (several byte tokens decode to U+FFFD).
-    common = {"prompt": "Hello world", "max_tokens": 6, "temperature": 0, "logprobs": 3, "ignore_eos": True,
-              "return_tokens_as_token_ids": True}
+    common = {
+        "prompt": "Hello world",
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": 3,
+        "ignore_eos": True,
+        "return_tokens_as_token_ids": True,
+    }
     body = completion(base_url, **common)
     lp = body["choices"][0]["logprobs"]
     assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
@@ -348,8 +403,15 @@ def test_completion_logprobs_legacy_format(base_url):
 
 def test_chat_logprobs_format(base_url, client):
     messages = [{"role": "user", "content": "Hi"}]
-    r = client.chat.completions.create(model=TINY_NAME, messages=messages, max_tokens=5, temperature=0,
-                                       logprobs=True, top_logprobs=2, extra_body=NO_EOS)
+    r = client.chat.completions.create(
+        model=TINY_NAME,
+        messages=messages,
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=NO_EOS,
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens == 5
     for entry in content:
@@ -360,9 +422,19 @@ def test_chat_logprobs_format(base_url, client):
     body = chat(base_url, messages=messages, max_tokens=5, temperature=0, logprobs=True, ignore_eos=True)
     assert all(e["top_logprobs"] == [] for e in body["choices"][0]["logprobs"]["content"])
     assert chat(base_url, messages=messages, max_tokens=2)["choices"][0]["logprobs"] is None
-    _, events = post_stream(base_url, "/v1/chat/completions",
-                            {"messages": messages, "max_tokens": 5, "temperature": 0, "logprobs": True,
-                             "top_logprobs": 2, "ignore_eos": True, "stream": True})
+    _, events = post_stream(
+        base_url,
+        "/v1/chat/completions",
+        {
+            "messages": messages,
+            "max_tokens": 5,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "ignore_eos": True,
+            "stream": True,
+        },
+    )
     streamed = [e for ev in events for e in ((ev["choices"][0]["logprobs"] or {}).get("content") or [])]
     assert [e["token"] for e in streamed] == [e.token for e in content]
 
@@ -375,13 +447,19 @@ def test_seeded_determinism_under_concurrency(base_url):
         aclient = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
         async def seeded():
-            r = await aclient.completions.create(model=TINY_NAME, prompt="Seeds make", max_tokens=20,
-                                                 temperature=1.0, seed=424242, extra_body=NO_EOS)
+            r = await aclient.completions.create(
+                model=TINY_NAME, prompt="Seeds make", max_tokens=20, temperature=1.0, seed=424242, extra_body=NO_EOS
+            )
             return r.choices[0].text
 
         async def noise(i):
-            await aclient.completions.create(model=TINY_NAME, prompt=f"Other prompt {i}" * (i + 1),
-                                             max_tokens=10 + 5 * i, temperature=1.0, extra_body=NO_EOS)
+            await aclient.completions.create(
+                model=TINY_NAME,
+                prompt=f"Other prompt {i}" * (i + 1),
+                max_tokens=10 + 5 * i,
+                temperature=1.0,
+                extra_body=NO_EOS,
+            )
 
         try:
             alone = await seeded()
@@ -395,19 +473,39 @@ def test_seeded_determinism_under_concurrency(base_url):
 
 
 def test_sampling_extras_and_stop_token_ids(base_url):
-    base = completion(base_url, prompt="Hello world", max_tokens=8, temperature=0, ignore_eos=True, logprobs=0,
-                      return_tokens_as_token_ids=True)
+    base = completion(
+        base_url,
+        prompt="Hello world",
+        max_tokens=8,
+        temperature=0,
+        ignore_eos=True,
+        logprobs=0,
+        return_tokens_as_token_ids=True,
+    )
     ids = token_ids(base["choices"][0]["logprobs"]["tokens"])
     third = ids[2]
     first_at = ids.index(third)
-    body = completion(base_url, prompt="Hello world", max_tokens=8, temperature=0, ignore_eos=True,
-                      stop_token_ids=[third])
+    body = completion(
+        base_url, prompt="Hello world", max_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=[third]
+    )
     ch = body["choices"][0]
     assert ch["finish_reason"] == "stop" and ch["stop_reason"] == third
     assert body["usage"]["completion_tokens"] == first_at + 1
-    body = completion(base_url, prompt="Hello world", max_tokens=6, temperature=0.8, top_k=5, top_p=0.9,
-                      min_p=0.05, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5,
-                      min_tokens=6, skip_special_tokens=False, seed=1)
+    body = completion(
+        base_url,
+        prompt="Hello world",
+        max_tokens=6,
+        temperature=0.8,
+        top_k=5,
+        top_p=0.9,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        min_tokens=6,
+        skip_special_tokens=False,
+        seed=1,
+    )
     assert body["usage"]["completion_tokens"] == 6  # min_tokens == max_tokens: exactly 6, whatever EOS does
 
 

@@ -4,6 +4,7 @@ Every error class with its status and OpenAI envelope, context_length_exceeded b
 413, disconnects that free KV blocks (checked through /metrics), API keys, the admission queue (429),
 a hostile chat template, a model without a template, KVSERVE_* env vars, and CLI exit codes.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from http_server import (  # noqa: F401 (fixtures)
     REPO,
     TINY_ARGS,
@@ -39,8 +39,9 @@ HOSTILE_TEMPLATE = (
 
 def post(base_url: str, path: str, body, headers: dict | None = None) -> httpx.Response:
     if isinstance(body, (bytes, str)):
-        return httpx.post(base_url + path, content=body, headers={"content-type": "application/json",
-                                                                  **(headers or {})}, timeout=60)
+        return httpx.post(
+            base_url + path, content=body, headers={"content-type": "application/json", **(headers or {})}, timeout=60
+        )
     return httpx.post(base_url + path, json=body, headers=headers, timeout=60)
 
 
@@ -50,7 +51,7 @@ USER = [{"role": "user", "content": "Hi"}]
 CASES = [
     # (path, body, status, code, param)
     ("/v1/completions", b'{"prompt": "Hi", ', 400, None, None),  # not JSON
-    ("/v1/completions", b'[1, 2]', 400, None, None),  # not an object
+    ("/v1/completions", b"[1, 2]", 400, None, None),  # not an object
     ("/v1/chat/completions", {"model": TINY_NAME}, 400, None, "messages"),
     ("/v1/chat/completions", {"messages": []}, 400, None, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, None, "messages"),
@@ -85,17 +86,37 @@ CASES = [
     ("/v1/completions", b'{"prompt": "bad \\ud800 text"}', 400, None, "prompt"),
     ("/v1/completions", b'{"prompt": "Hi", "stop": ["\\udfff"]}', 400, None, "stop"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x\\ud83d"}]}', 400, None, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, None, "messages"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+        400,
+        None,
+        "messages",
+    ),
     ("/v1/chat/completions", {"messages": USER * 1025}, 400, None, "messages"),
-    ("/v1/chat/completions", {"messages": USER, "response_format": {"type": "json_object"}}, 400, None,
-     "response_format"),
+    (
+        "/v1/chat/completions",
+        {"messages": USER, "response_format": {"type": "json_object"}},
+        400,
+        None,
+        "response_format",
+    ),
     ("/v1/completions", {"prompt": "Hi", "response_format": {"type": "json_schema"}}, 400, None, "response_format"),
     ("/v1/chat/completions", {"messages": USER, "chat_template": "{{ 1 }}"}, 400, None, "chat_template"),
-    ("/v1/chat/completions", {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]},
-     400, None, "tools"),
-    ("/v1/chat/completions", {"messages": USER, "stream_options": {"include_usage": True}}, 400, None,
-     "stream_options"),
+    (
+        "/v1/chat/completions",
+        {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        400,
+        None,
+        "tools",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": USER, "stream_options": {"include_usage": True}},
+        400,
+        None,
+        "stream_options",
+    ),
     ("/v1/chat/completions", {"messages": USER, "top_logprobs": 2}, 400, None, "top_logprobs"),
     ("/v1/chat/completions", {"messages": USER, "logprobs": True, "top_logprobs": 21}, 400, None, "top_logprobs"),
     ("/v1/chat/completions", {"messages": USER, "n": 2, "min_tokens": 5, "max_tokens": 2}, 400, None, "min_tokens"),
@@ -133,14 +154,19 @@ def test_503_after_engine_death():
     from app.main import create_app
     from app.settings import Settings
 
-    dead = SimpleNamespace(engine=SimpleNamespace(served_name="fake"), served_name="fake", is_dead=True,
-                           shutdown=lambda: None)
+    dead = SimpleNamespace(
+        engine=SimpleNamespace(served_name="fake"), served_name="fake", is_dead=True, shutdown=lambda: None
+    )
 
     async def run():
         transport = httpx.ASGITransport(app=create_app(Settings(), engine=dead))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            return [await c.get("/health"), await c.post("/v1/completions", json={"prompt": "Hi"}),
-                    await c.post("/v1/chat/completions", json={"messages": USER}), await c.get("/v1/models")]
+            return [
+                await c.get("/health"),
+                await c.post("/v1/completions", json={"prompt": "Hi"}),
+                await c.post("/v1/chat/completions", json={"messages": USER}),
+                await c.get("/v1/models"),
+            ]
 
     for r in asyncio.run(run()):
         assert_error(r, 503, "engine_dead", type="service_unavailable_error")
@@ -155,14 +181,16 @@ def test_every_error_has_the_envelope(base_url):
     # Messages say what to fix.
     err = assert_error(post(base_url, "/v1/completions", {"prompt": "Hi", "n": 17}), 400)
     assert "16" in err["message"]
-    err = assert_error(post(base_url, "/v1/chat/completions",
-                            {"messages": USER, "response_format": {"type": "json_object"}}), 400)
+    err = assert_error(
+        post(base_url, "/v1/chat/completions", {"messages": USER, "response_format": {"type": "json_object"}}), 400
+    )
     assert "not supported yet" in err["message"]
     # The parameter is named as the request spelled it (the alias, chat's top_logprobs), in the text too.
     err = assert_error(post(base_url, "/v1/chat/completions", {"messages": USER, "max_completion_tokens": -1}), 400)
     assert err["message"].startswith("max_completion_tokens "), err
-    err = assert_error(post(base_url, "/v1/chat/completions",
-                            {"messages": USER, "logprobs": True, "top_logprobs": 21}), 400)
+    err = assert_error(
+        post(base_url, "/v1/chat/completions", {"messages": USER, "logprobs": True, "top_logprobs": 21}), 400
+    )
     assert err["message"].startswith("top_logprobs ") and "20" in err["message"], err
 
 
@@ -188,20 +216,30 @@ def test_context_length_exceeded_before_any_sse_byte(base_url):
         r = post(base_url, "/v1/completions", {"prompt": long_ids, "stream": stream})
         err = assert_error(r, 400, "context_length_exceeded", "prompt")
         assert "512" in err["message"]
-        assert err["message"] == ("This model's maximum context length is 512 tokens. However, you requested 616 "
-                                  "tokens (600 in the prompt, 16 in the completion). Please reduce the length of "
-                                  "the prompt or completion."), err
+        assert err["message"] == (
+            "This model's maximum context length is 512 tokens. However, you requested 616 "
+            "tokens (600 in the prompt, 16 in the completion). Please reduce the length of "
+            "the prompt or completion."
+        ), err
     # Fits alone, but not with max_tokens: prompt + max_tokens > max_model_len.
-    assert_error(post(base_url, "/v1/completions", {"prompt": [5] * 500, "max_tokens": 20, "stream": True}),
-                 400, "context_length_exceeded")
+    assert_error(
+        post(base_url, "/v1/completions", {"prompt": [5] * 500, "max_tokens": 20, "stream": True}),
+        400,
+        "context_length_exceeded",
+    )
     assert post(base_url, "/v1/completions", {"prompt": [5] * 500, "max_tokens": 12}).status_code == 200
     # A prompt of exactly max_model_len leaves no room to generate.
-    assert_error(post(base_url, "/v1/completions", {"prompt": [5] * 512, "max_tokens": 1}), 400,
-                 "context_length_exceeded")
+    assert_error(
+        post(base_url, "/v1/completions", {"prompt": [5] * 512, "max_tokens": 1}), 400, "context_length_exceeded"
+    )
     # Chat: the rendered conversation is what counts; the default max_tokens fills the context.
     big = [{"role": "user", "content": "word " * 700}]
-    assert_error(post(base_url, "/v1/chat/completions", {"messages": big, "stream": True}), 400,
-                 "context_length_exceeded", "messages")
+    assert_error(
+        post(base_url, "/v1/chat/completions", {"messages": big, "stream": True}),
+        400,
+        "context_length_exceeded",
+        "messages",
+    )
 
 
 def test_body_too_large(base_url):
@@ -231,8 +269,14 @@ def _wait_running(server, timeout: float = 10.0) -> None:
 def test_streaming_disconnect_aborts_and_frees_blocks(tiny_server):
     base = tiny_server.wait_idle()
     n, max_tokens = 8, 480
-    body = {"model": TINY_NAME, "prompt": "A long story", "n": n, "max_tokens": max_tokens, "ignore_eos": True,
-            "stream": True}
+    body = {
+        "model": TINY_NAME,
+        "prompt": "A long story",
+        "n": n,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", tiny_server.base_url + "/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
@@ -246,12 +290,14 @@ def test_streaming_disconnect_aborts_and_frees_blocks(tiny_server):
 def test_non_streaming_disconnect_aborts_and_frees_blocks(tiny_server):
     base = tiny_server.wait_idle()
     n, max_tokens = 8, 480
-    body = {"model": TINY_NAME, "prompt": "Another long story", "n": n, "max_tokens": max_tokens,
-            "ignore_eos": True}
+    body = {"model": TINY_NAME, "prompt": "Another long story", "n": n, "max_tokens": max_tokens, "ignore_eos": True}
     payload = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", tiny_server.port)) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         _wait_running(tiny_server)
     after = tiny_server.wait_idle(timeout=5)
     generated = after["vllm:generation_tokens_total"] - base["vllm:generation_tokens_total"]
@@ -284,10 +330,25 @@ def extra_servers(tiny_llama_dir, tmp_path_factory):
     marker = str(tmp / MARKER_NAME)
     template = tmp / "hostile.jinja"
     template.write_text(HOSTILE_TEMPLATE.replace("marker", repr(marker)))
-    restricted = ServerProcess([tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME,
-                                "--api-key", KEYS[0], "--api-key", KEYS[1], "--max-queue", "1",
-                                "--max-num-seqs", "1", "--chat-template", str(template)],
-                               env={"KVSERVE_API_KEY": "ignored-because-the-flag-wins"})
+    restricted = ServerProcess(
+        [
+            tiny_llama_dir,
+            *TINY_ARGS,
+            "--served-model-name",
+            TINY_NAME,
+            "--api-key",
+            KEYS[0],
+            "--api-key",
+            KEYS[1],
+            "--max-queue",
+            "1",
+            "--max-num-seqs",
+            "1",
+            "--chat-template",
+            str(template),
+        ],
+        env={"KVSERVE_API_KEY": "ignored-because-the-flag-wins"},
+    )
     restricted.marker = marker
 
     path = tmp_path_factory.mktemp("no-template")
@@ -296,10 +357,17 @@ def extra_servers(tiny_llama_dir, tmp_path_factory):
     config = json.loads((path / "tokenizer_config.json").read_text())
     del config["chat_template"]
     (path / "tokenizer_config.json").write_text(json.dumps(config))
-    env = {"KVSERVE_MODEL": str(path), "KVSERVE_SERVED_MODEL_NAME": "first,second", "KVSERVE_MAX_MODEL_LEN": "128",
-           "KVSERVE_API_KEY": "env-key", "KVSERVE_DTYPE": "float32", "KVSERVE_DEVICE": "cpu",
-           "KVSERVE_KV_CACHE_MEMORY": "4MiB", "KVSERVE_NUM_THREADS": "1",
-           "KVSERVE_ALLOWED_ORIGINS": "http://app.example"}
+    env = {
+        "KVSERVE_MODEL": str(path),
+        "KVSERVE_SERVED_MODEL_NAME": "first,second",
+        "KVSERVE_MAX_MODEL_LEN": "128",
+        "KVSERVE_API_KEY": "env-key",
+        "KVSERVE_DTYPE": "float32",
+        "KVSERVE_DEVICE": "cpu",
+        "KVSERVE_KV_CACHE_MEMORY": "4MiB",
+        "KVSERVE_NUM_THREADS": "1",
+        "KVSERVE_ALLOWED_ORIGINS": "http://app.example",
+    }
     from_env = ServerProcess([], env=env)
     try:
         yield {"restricted": restricted, "env": from_env}
@@ -393,12 +461,18 @@ def test_env_vars_and_model_without_chat_template(env_server):
     body = post(url, "/v1/completions", {"model": "second", "prompt": "Hi", "max_tokens": 2}, headers).json()
     assert body["model"] == "second" and body["choices"]
     assert post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, headers).json()["model"] == "first"
-    assert_error(post(url, "/v1/completions", {"prompt": [5] * 120, "max_tokens": 9}, headers), 400,
-                 "context_length_exceeded")
+    assert_error(
+        post(url, "/v1/completions", {"prompt": [5] * 120, "max_tokens": 9}, headers), 400, "context_length_exceeded"
+    )
     # CORS: a preflight from an allowed origin passes without a key; other origins get no CORS headers.
-    pre = httpx.options(url + "/v1/chat/completions", headers={
-        "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    pre = httpx.options(
+        url + "/v1/chat/completions",
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://app.example"
     r = httpx.get(url + "/v1/models", headers={**headers, "Origin": "http://evil.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
@@ -408,8 +482,14 @@ def test_env_vars_and_model_without_chat_template(env_server):
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.main", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "app.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
@@ -428,9 +508,24 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "error" in lines[0], (args, proc.stderr)
     help_text = run_cli("serve", "--help").stdout
-    for flag in ("--host", "--port", "--api-key", "--served-model-name", "--max-model-len", "--max-num-seqs",
-                 "--max-num-batched-tokens", "--block-size", "--dtype", "--device", "--kv-cache-memory",
-                 "--chat-template", "--max-queue", "--allowed-origins", "--log-level", "KVSERVE_PORT"):
+    for flag in (
+        "--host",
+        "--port",
+        "--api-key",
+        "--served-model-name",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--max-num-batched-tokens",
+        "--block-size",
+        "--dtype",
+        "--device",
+        "--kv-cache-memory",
+        "--chat-template",
+        "--max-queue",
+        "--allowed-origins",
+        "--log-level",
+        "KVSERVE_PORT",
+    ):
         assert flag in help_text
     assert "serve" in run_cli("--help").stdout
 

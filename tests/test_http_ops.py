@@ -7,6 +7,7 @@
 - SIGTERM: new requests get 503 while the socket stays open, an in-flight request finishes, the ones
   still running at --shutdown-timeout end cleanly (error event + [DONE] / a 503), exit code 0.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,27 +20,45 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from http_server import TINY_ARGS, TINY_NAME, ServerProcess, assert_error, post_stream, sse_events
+from prometheus_client.parser import text_string_to_metric_families
 
 SECRET = "zebra-marmalade-secret"  # prompt text that must not reach the logs by default
 STOP_TOKEN = 10  # forced with logit_bias and listed in stop_token_ids: finish_reason "stop" after 1 token
 
 VLLM_SERIES = (
-    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-    "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total", "vllm:request_success_total", "vllm:num_preemptions_total",
-    "vllm:time_to_first_token_seconds_bucket", "vllm:time_to_first_token_seconds_count",
-    "vllm:inter_token_latency_seconds_bucket", "vllm:inter_token_latency_seconds_sum",
-    "vllm:e2e_request_latency_seconds_count", "vllm:request_queue_time_seconds_count",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:num_preemptions_total",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:inter_token_latency_seconds_bucket",
+    "vllm:inter_token_latency_seconds_sum",
+    "vllm:e2e_request_latency_seconds_count",
+    "vllm:request_queue_time_seconds_count",
 )
 
 
 @pytest.fixture(scope="module")
 def ops_server(tiny_llama_dir):
-    server = ServerProcess([tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME,
-                            "--log-format", "json", "--log-stats-interval", "0.5"])
+    server = ServerProcess(
+        [
+            tiny_llama_dir,
+            *TINY_ARGS,
+            "--served-model-name",
+            TINY_NAME,
+            "--log-format",
+            "json",
+            "--log-stats-interval",
+            "0.5",
+        ]
+    )
     try:
         yield server.wait_ready()
     finally:
@@ -70,8 +89,15 @@ def wait_idle(base_url: str, timeout: float = 10.0) -> Scrape:
     deadline = time.monotonic() + timeout
     while True:
         m = Scrape(base_url)
-        busy = [m.value(n) for n in ("vllm:num_requests_running", "vllm:num_requests_waiting",
-                                     "vllm:kv_cache_usage_perc", "kvserve:requests_in_flight")]
+        busy = [
+            m.value(n)
+            for n in (
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+                "kvserve:requests_in_flight",
+            )
+        ]
         if not any(busy):
             return m
         assert time.monotonic() < deadline, f"not idle after {timeout}s: {busy}"
@@ -114,17 +140,22 @@ def test_metrics_follow_the_responses(ops_server):
     record(r.json()["usage"], [c["finish_reason"] for c in r.json()["choices"]])
     r = _post(url, "/v1/completions", {"prompt": ["Two prompts", "at once here"], "max_tokens": 3, **no_eos})
     record(r.json()["usage"], [c["finish_reason"] for c in r.json()["choices"]])
-    r = _post(url, "/v1/completions", {"prompt": "Stop now", "max_tokens": 10, "logit_bias": {str(STOP_TOKEN): 100},
-                                       "stop_token_ids": [STOP_TOKEN]})
+    r = _post(
+        url,
+        "/v1/completions",
+        {"prompt": "Stop now", "max_tokens": 10, "logit_bias": {str(STOP_TOKEN): 100}, "stop_token_ids": [STOP_TOKEN]},
+    )
     assert r.json()["choices"][0]["finish_reason"] == "stop" and r.json()["usage"]["completion_tokens"] == 1
     record(r.json()["usage"], ["stop"])
-    r = _post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
-                                            **no_eos})
+    r = _post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, **no_eos})
     record(r.json()["usage"], [c["finish_reason"] for c in r.json()["choices"]])
-    for path, body in (("/v1/completions", {"prompt": "Streamed", "n": 2, "max_tokens": 5}),
-                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Yo"}], "max_tokens": 4})):
-        resp, events = post_stream(url, path, {"model": TINY_NAME, **body, **no_eos, "stream": True,
-                                               "stream_options": {"include_usage": True}})
+    for path, body in (
+        ("/v1/completions", {"prompt": "Streamed", "n": 2, "max_tokens": 5}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Yo"}], "max_tokens": 4}),
+    ):
+        resp, events = post_stream(
+            url, path, {"model": TINY_NAME, **body, **no_eos, "stream": True, "stream_options": {"include_usage": True}}
+        )
         assert resp.status_code == 200
         reasons = [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")]
         record(events[-1]["usage"], reasons)
@@ -139,18 +170,24 @@ def test_metrics_follow_the_responses(ops_server):
     for reason in ("stop", "length"):
         assert delta(before, after, "vllm:request_success_total", finished_reason=reason) == choices[reason]
     assert delta(before, after, "vllm:request_success_total", finished_reason="abort") == 0
-    for hist in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
-                 "vllm:request_queue_time_seconds"):
+    for hist in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:request_queue_time_seconds",
+    ):
         assert delta(before, after, hist + "_count") == n_choices, hist
         assert delta(before, after, hist + "_bucket", le="+Inf") == n_choices, hist
         assert delta(before, after, hist + "_sum") > 0, hist
     # one inter-token latency per token after each choice's first
     assert delta(before, after, "vllm:inter_token_latency_seconds_count") == completion - n_choices
     assert delta(before, after, "vllm:prefix_cache_queries_total") > 0
-    assert delta(before, after, "kvserve:http_requests_total", method="POST", route="/v1/completions",
-                 status="200") == 4
-    assert delta(before, after, "kvserve:http_requests_total", method="POST", route="/v1/chat/completions",
-                 status="200") == 2
+    assert (
+        delta(before, after, "kvserve:http_requests_total", method="POST", route="/v1/completions", status="200") == 4
+    )
+    assert (
+        delta(before, after, "kvserve:http_requests_total", method="POST", route="/v1/chat/completions", status="200")
+        == 2
+    )
 
 
 def test_metrics_count_aborts_and_errors(ops_server):
@@ -164,8 +201,11 @@ def test_metrics_count_aborts_and_errors(ops_server):
         assert busy.value("vllm:num_requests_running") == 1 and busy.value("vllm:kv_cache_usage_perc") > 0
     payload = json.dumps({**body, "stream": False}).encode()
     with socket.create_connection(("127.0.0.1", ops_server.port)) as sock:  # non-streaming, then gone
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         deadline = time.monotonic() + 10
         while Scrape(url).value("vllm:num_requests_running") == 0:
             assert time.monotonic() < deadline
@@ -212,8 +252,13 @@ def test_request_id_is_echoed(ops_server):
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
     r = _post(url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, {"X-Request-Id": "has spaces\tand tab"})
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])  # not echoed into headers and logs as is
-    with httpx.stream("POST", url + "/v1/chat/completions", headers={"X-Request-Id": "stream-id"}, timeout=30,
-                      json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        url + "/v1/chat/completions",
+        headers={"X-Request-Id": "stream-id"},
+        timeout=30,
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "stream": True},
+    ) as r:
         assert r.headers["x-request-id"] == "stream-id"
         sse_events(r.read().decode())
     r = _post(url, "/v1/completions", {"model": "nope", "prompt": "Hi"}, {"X-Request-Id": "error-id"})
@@ -224,13 +269,27 @@ def test_request_id_is_echoed(ops_server):
 
 def test_json_request_lines_without_prompts(ops_server):
     url = ops_server.base_url
-    r = _post(url, "/v1/completions", {"prompt": f"Tell me about {SECRET}", "max_tokens": 5, "ignore_eos": True},
-              {"X-Request-Id": "json-line-1"})
+    r = _post(
+        url,
+        "/v1/completions",
+        {"prompt": f"Tell me about {SECRET}", "max_tokens": 5, "ignore_eos": True},
+        {"X-Request-Id": "json-line-1"},
+    )
     assert r.status_code == 200
     usage = r.json()["usage"]
-    resp, events = post_stream(url, "/v1/chat/completions", {
-        "model": TINY_NAME, "messages": [{"role": "user", "content": SECRET}], "max_tokens": 3, "ignore_eos": True,
-        "stream": True, "stream_options": {"include_usage": True}}, headers={"X-Request-Id": "json-line-2"})
+    resp, events = post_stream(
+        url,
+        "/v1/chat/completions",
+        {
+            "model": TINY_NAME,
+            "messages": [{"role": "user", "content": SECRET}],
+            "max_tokens": 3,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        headers={"X-Request-Id": "json-line-2"},
+    )
     assert resp.status_code == 200
     line = wait_for_line(ops_server, lambda o: o.get("request_id") == "json-line-1")
     assert line["logger"] == "kvserve.access" and line["level"] == "info"
@@ -286,8 +345,10 @@ class _Streamer(threading.Thread):
 def test_sigterm_drains_then_exits_0(tiny_llama_dir):
     # Two sequences at a time: the short request keeps one slot, the long ones queue behind the other.
     timeout = 4
-    server = ServerProcess([tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME, "--max-num-seqs", "2"],
-                           env={"KVSERVE_SHUTDOWN_TIMEOUT": str(timeout), "KVSERVE_LOG_PROMPTS": "true"})
+    server = ServerProcess(
+        [tiny_llama_dir, *TINY_ARGS, "--served-model-name", TINY_NAME, "--max-num-seqs", "2"],
+        env={"KVSERVE_SHUTDOWN_TIMEOUT": str(timeout), "KVSERVE_LOG_PROMPTS": "true"},
+    )
     try:
         url = server.wait_ready().base_url
         short = _Streamer(url, {"prompt": f"short {SECRET}", "max_tokens": 250, "ignore_eos": True, "stream": True})

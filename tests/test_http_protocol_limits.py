@@ -8,6 +8,7 @@
   in the envelope;
 - no response carries a traceback or a file path, and the server log has no traceback either.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def exchange(port: int, data: bytes, pieces: int = 1, pause: float = 0.0, timeou
         step = -(-len(data) // pieces)
         try:
             for i in range(0, len(data), step):
-                sock.sendall(data[i:i + step])
+                sock.sendall(data[i : i + step])
                 if pause:
                     time.sleep(pause)
         except OSError:
@@ -111,8 +112,10 @@ def test_default_body_limit_is_2mib(server, tiny_llama_dir):
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"])
 def test_lone_surrogate_model_is_not_a_500(server, tiny_llama_dir, path):
-    body = (b'{"model": "\\ud800", "prompt": "hi", "max_tokens": 1, "tokens": [1], '
-            b'"messages": [{"role": "user", "content": "hi"}]}')
+    body = (
+        b'{"model": "\\ud800", "prompt": "hi", "max_tokens": 1, "tokens": [1], '
+        b'"messages": [{"role": "user", "content": "hi"}]}'
+    )
     raw = exchange(server.port, request("POST", path, body=body))
     status, _, _ = parse(raw)
     assert status in (400, 404), raw[:1000]
@@ -133,12 +136,16 @@ def test_header_count_limit(server):
     status, _, body = parse(exchange(server.port, request("GET", "/health", few)))
     assert status == 200, body
     many = [(f"X-Extra-{i}", "v") for i in range(MAX_HEADERS)]
-    err = assert_envelope(exchange(server.port, request("GET", "/health", many)), 431,
-                          "request_header_fields_too_large")
+    err = assert_envelope(
+        exchange(server.port, request("GET", "/health", many)), 431, "request_header_fields_too_large"
+    )
     assert str(MAX_HEADERS) in err["message"]
     thousands = [(f"X-Extra-{i}", "v") for i in range(5000)]
-    assert_envelope(exchange(server.port, request("POST", "/v1/completions", thousands, b"{}")), 431,
-                    "request_header_fields_too_large")
+    assert_envelope(
+        exchange(server.port, request("POST", "/v1/completions", thousands, b"{}")),
+        431,
+        "request_header_fields_too_large",
+    )
 
 
 def test_header_size_limit(server):
@@ -163,7 +170,7 @@ GARBAGE = [
     b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /health HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
     b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nZZZ\r\n\r\n",
+    b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nZZZ\r\n\r\n',
 ]
 
 

@@ -10,6 +10,7 @@ Imports are read from every import statement in a file (module level, functions,
 blocks); relative imports are resolved, and `from pkg import name` points at `pkg.name` where that is
 a module of the repository, else at `pkg` itself.
 """
+
 from __future__ import annotations
 
 import ast
@@ -57,7 +58,8 @@ def module_files() -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 class _ImportCollector(ast.NodeVisitor):
@@ -236,8 +238,11 @@ def test_no_import_cycles():
 
 
 def test_app_uses_only_the_public_engine_api():
-    bad = [f"{i.where()} imports {i.target}" for i in all_imports()
-           if in_package(i.source, "app") and in_package(i.target, "model") and i.target not in APP_MAY_IMPORT]
+    bad = [
+        f"{i.where()} imports {i.target}"
+        for i in all_imports()
+        if in_package(i.source, "app") and in_package(i.target, "model") and i.target not in APP_MAY_IMPORT
+    ]
     assert not bad, report(f"app/ imports engine internals (allowed: {', '.join(APP_MAY_IMPORT)})", bad)
 
 
@@ -248,11 +253,16 @@ def test_app_never_reaches_through_engine_engine():
             continue
         source = path.read_text(encoding="utf-8")
         for node in ast.walk(ast.parse(source, filename=str(path))):
-            if (isinstance(node, ast.Attribute) and node.attr == "engine"
-                    and isinstance(node.value, ast.Attribute) and node.value.attr == "engine"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "engine"
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "engine"
+            ):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno} `{ast.get_source_segment(source, node)}`")
-    assert not bad, report("app/ reaches into the engine through `.engine.engine` (use AsyncEngine's public API)",
-                           sorted(bad))
+    assert not bad, report(
+        "app/ reaches into the engine through `.engine.engine` (use AsyncEngine's public API)", sorted(bad)
+    )
 
 
 def test_no_module_over_the_line_budget():

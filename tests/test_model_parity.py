@@ -1,13 +1,14 @@
 """Our decoder vs transformers on tiny random configs: logits (fp32) and 32 greedy tokens."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import ARCHS, write_tiny_model
 
 from model import LLM, SamplingParams
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
-from tiny_models import ARCHS, write_tiny_model
 
 PROMPT = [1, 17, 250, 33, 99, 4, 180, 77, 5, 260, 41, 12, 150, 201, 9, 64, 3, 31, 111, 222, 8]
 
@@ -32,7 +33,7 @@ def hf_greedy(hf_model, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             out.append(int(hf_model(torch.tensor([out])).logits[0, -1].argmax()))
-    return out[len(ids):]
+    return out[len(ids) :]
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "torch_ref"])

@@ -1,4 +1,5 @@
 """dtype `auto`: fp32 on the CPU unless AMX is usable and a start-up measurement finds bf16 faster."""
+
 from __future__ import annotations
 
 import logging

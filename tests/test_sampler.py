@@ -1,6 +1,7 @@
 """Sampler tests: every expectation comes from an oracle (argmax, the plain per-row reference
 filters of model.engine.sampling.reference, transformers' logits processors, direct formulas,
 log_softmax)."""
+
 from __future__ import annotations
 
 import time
@@ -81,6 +82,7 @@ def test_top_values_match_topk(vocab: int, k: int) -> None:
     assert torch.equal(vals, want_vals)
     assert torch.equal(x.gather(1, idx), vals)
     assert torch.equal(idx[0], want_idx[0]) and torch.equal(idx[2], want_idx[2])  # distinct values
+
 
 FILTER_CASES = [
     dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),

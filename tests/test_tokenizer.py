@@ -1,5 +1,6 @@
 """model.tokenizer against transformers: GGUF vocabularies (byte-level and SentencePiece), HF
 directories, chat templates and the template sandbox."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,13 @@ def smol_hf(smol_path: str):
 
 def _tiny_llama_state(vocab_size: int) -> tuple[dict, dict]:
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).state_dict(), cfg.to_dict()
@@ -88,8 +94,16 @@ def spm_gguf(tmp_path_factory):
     pieces, scores, types, sp = tiny_sentencepiece()
     folder = tmp_path_factory.mktemp("spm")
     state, cfg = _tiny_llama_state(len(pieces))
-    vocab = {"model": "llama", "tokens": pieces, "scores": scores, "types": types, "bos_id": 1, "eos_id": 2,
-             "unk_id": 0, "chat_template": TINY_CHAT_TEMPLATE}
+    vocab = {
+        "model": "llama",
+        "tokens": pieces,
+        "scores": scores,
+        "types": types,
+        "bos_id": 1,
+        "eos_id": 2,
+        "unk_id": 0,
+        "chat_template": TINY_CHAT_TEMPLATE,
+    }
     write_tiny_gguf(str(folder / "spm.gguf"), state, cfg, vocab)
     ours = tokenizer_from_gguf_fields(read_header(str(folder / "spm.gguf")).fields, "spm.gguf")
     hf = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file="spm.gguf")
@@ -173,8 +187,16 @@ def test_byte_level_gguf_pre_tokenizers_match_transformers(tmp_path, tiny_dir, p
 # --------------------------------------------------------------------------- SentencePiece GGUF
 
 
-SPM_TEXTS = ["Hello world", " Hello  world", "h\u00e9llo \U0001f600 \u65e5\u672c\u8a9e \u00fcber",
-             "<tool> x</s>", "12345 3.14", "\n\nfoo\tbar  ", "\u0416\u0416 unseen chars \u2603", ""]
+SPM_TEXTS = [
+    "Hello world",
+    " Hello  world",
+    "h\u00e9llo \U0001f600 \u65e5\u672c\u8a9e \u00fcber",
+    "<tool> x</s>",
+    "12345 3.14",
+    "\n\nfoo\tbar  ",
+    "\u0416\u0416 unseen chars \u2603",
+    "",
+]
 
 
 @pytest.mark.parametrize("text", SPM_TEXTS)

@@ -3,12 +3,12 @@
 Weights use a large init range so the next-token distribution is peaked and greedy choices are not
 near-ties that float noise could flip.
 """
+
 from __future__ import annotations
 
 import os
 
 import torch
-
 from helpers_tokenizer import TINY_EOS_ID, write_tiny_tokenizer
 
 COMMON = dict(
@@ -36,16 +36,22 @@ def hf_config(arch: str):
     if arch == "llama":
         return tf.LlamaConfig(**COMMON, rope_theta=10000.0)
     if arch == "llama3_scaled":
-        scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                       original_max_position_embeddings=64)
+        scaling = dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        )
         return tf.LlamaConfig(**{**COMMON, "tie_word_embeddings": True}, rope_theta=500000.0, rope_scaling=scaling)
     if arch == "mistral":
         return tf.MistralConfig(**COMMON, sliding_window=None, rope_theta=10000.0)
     if arch == "qwen2":
         return tf.Qwen2Config(**COMMON, rope_theta=1000000.0, use_sliding_window=False)
     if arch == "qwen3":
-        return tf.Qwen3Config(**{**COMMON, "tie_word_embeddings": True}, head_dim=32, rope_theta=1000000.0,
-                              use_sliding_window=False)
+        return tf.Qwen3Config(
+            **{**COMMON, "tie_word_embeddings": True}, head_dim=32, rope_theta=1000000.0, use_sliding_window=False
+        )
     raise ValueError(arch)
 
 

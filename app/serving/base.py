@@ -10,6 +10,7 @@ Every path ends with `Generation.aclose()`: it closes the engine streams (aborti
 requests, so a client that goes away frees its KV blocks within one engine step) and gives the
 admission slot back.
 """
+
 from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -32,8 +33,9 @@ class Generation:
     every engine stream, aborting what has not finished, and releases the admission slot.
     """
 
-    def __init__(self, streams: list[RequestStream], outputs: list[AsyncIterator[RequestOutput]],
-                 release: Callable[[], None]) -> None:
+    def __init__(
+        self, streams: list[RequestStream], outputs: list[AsyncIterator[RequestOutput]], release: Callable[[], None]
+    ) -> None:
         self.streams = streams
         self.outputs = outputs
         self._release: Callable[[], None] | None = release
@@ -67,8 +69,9 @@ class Serving:
         return info
 
     @staticmethod
-    async def submit(engine: AsyncEngine, requests: Sequence[tuple[str, list[int]]], params: SamplingParams,
-                     param: str) -> list[RequestStream]:
+    async def submit(
+        engine: AsyncEngine, requests: Sequence[tuple[str, list[int]]], params: SamplingParams, param: str
+    ) -> list[RequestStream]:
         """Submit each (engine request id, prompt ids). The engine checks every request (InvalidParamError
         naming `param` for prompt errors, ContextLengthError with max_tokens reserved) before anything runs;
         if one is refused, the ones already submitted are closed and the error propagates."""
@@ -82,12 +85,18 @@ class Serving:
             raise
         return streams
 
-    def generation(self, streams: list[RequestStream], prompt_lengths: Sequence[int], params: SamplingParams,
-                   info: RequestInfo | None) -> Generation:
+    def generation(
+        self,
+        streams: list[RequestStream],
+        prompt_lengths: Sequence[int],
+        params: SamplingParams,
+        info: RequestInfo | None,
+    ) -> Generation:
         """The accepted streams with their timings and outcome recorded in the metrics; the Generation owns
         the admission slot taken for them from here on."""
-        tracked = [self.state.metrics.track(stream, params.n, length, info)
-                   for stream, length in zip(streams, prompt_lengths)]
+        tracked = [
+            self.state.metrics.track(stream, params.n, length, info) for stream, length in zip(streams, prompt_lengths)
+        ]
         return Generation(streams, tracked, self.state.admission.release)
 
     @staticmethod

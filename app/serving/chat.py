@@ -4,6 +4,7 @@ The template is the model's (or --chat-template), rendered by the engine's Jinja
 thread together with tokenization; a template sent in the request is refused. Without max_tokens a
 chat answer may run to the context limit.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 from model import RequestOutput, SamplingParams
 
 from ..errors import bad_request
-from ..protocol import SSE_DONE, ChatCompletionRequest, chat_completion_id, now, sse_frame, usage
+from ..protocol import ChatCompletionRequest
+from ..responses import SSE_DONE, chat_completion_id, now, sse_frame, usage
 from .base import Serving
 from .logprobs import finish_reason
 from .prompts import render_and_tokenize, template_messages
@@ -30,8 +32,11 @@ class ChatServing(Serving):
         engine = state.ready_engine()
         model_name = state.resolve_model(req.model)
         if req.chat_template is not None:
-            raise bad_request("a chat template in the request is not accepted; the server uses the model's "
-                              "template or the one given with --chat-template", "chat_template")
+            raise bad_request(
+                "a chat template in the request is not accepted; the server uses the model's "
+                "template or the one given with --chat-template",
+                "chat_template",
+            )
         if req.tools and req.tool_choice != "none":
             raise bad_request("tool calling is not supported yet", "tools")
         check_common(req)
@@ -55,37 +60,59 @@ class ChatServing(Serving):
         gen = self.generation(streams, [len(ids)], params, info)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = self._stream(gen.outputs[0], request_id, created, model_name, params, len(ids), req,
-                                include_usage)
+            body = self._stream(gen.outputs[0], request_id, created, model_name, params, len(ids), req, include_usage)
             return SSEResponse(body, on_close=gen.aclose)
         finals = await self.final_outputs(raw, gen)
         if finals is None:
             return Response(status_code=499)
         return JSONResponse(self._response(finals[0], request_id, created, model_name, params, req))
 
-    def _response(self, out: RequestOutput, request_id: str, created: int, model_name: str,
-                  params: SamplingParams, req: ChatCompletionRequest) -> dict:
+    def _response(
+        self,
+        out: RequestOutput,
+        request_id: str,
+        created: int,
+        model_name: str,
+        params: SamplingParams,
+        req: ChatCompletionRequest,
+    ) -> dict:
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         choices = []
         completion_tokens = 0
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             reason = finish_reason(c.finish_reason)
-            choices.append({
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": {"content": fmt.chat(c.logprobs or []), "refusal": None} if fmt is not None else None,
-                "finish_reason": reason,
-                "stop_reason": c.stop_reason,
-            })
+            choices.append(
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": {"content": fmt.chat(c.logprobs or []), "refusal": None} if fmt is not None else None,
+                    "finish_reason": reason,
+                    "stop_reason": c.stop_reason,
+                }
+            )
         choices.sort(key=lambda ch: ch["index"])
-        return {"id": request_id, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": choices, "usage": usage(len(out.prompt_token_ids), completion_tokens),
-                "system_fingerprint": None}
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": choices,
+            "usage": usage(len(out.prompt_token_ids), completion_tokens),
+            "system_fingerprint": None,
+        }
 
-    async def _stream(self, stream: AsyncIterator[RequestOutput], request_id: str, created: int, model_name: str,
-                      params: SamplingParams, prompt_tokens: int, req: ChatCompletionRequest,
-                      include_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        stream: AsyncIterator[RequestOutput],
+        request_id: str,
+        created: int,
+        model_name: str,
+        params: SamplingParams,
+        prompt_tokens: int,
+        req: ChatCompletionRequest,
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
         extra = {"usage": None} if include_usage else {}
@@ -93,8 +120,20 @@ class ChatServing(Serving):
         completion_tokens = 0
         try:
             for i in range(params.n):
-                yield sse_frame({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                      "logprobs": None, "finish_reason": None}], **extra})
+                yield sse_frame(
+                    {
+                        **head,
+                        "choices": [
+                            {
+                                "index": i,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        **extra,
+                    }
+                )
             async for _, out in merge_streams([stream]):
                 for c in out.outputs:
                     if done[c.index]:
@@ -109,8 +148,12 @@ class ChatServing(Serving):
                         done[c.index] = True
                         completion_tokens += len(c.token_ids)
                     delta = {"content": c.new_text} if c.new_text else {}
-                    choice: dict[str, Any] = {"index": c.index, "delta": delta, "logprobs": logprobs,
-                                              "finish_reason": reason}
+                    choice: dict[str, Any] = {
+                        "index": c.index,
+                        "delta": delta,
+                        "logprobs": logprobs,
+                        "finish_reason": reason,
+                    }
                     if reason is not None:
                         choice["stop_reason"] = c.stop_reason
                     yield sse_frame({**head, "choices": [choice], **extra})

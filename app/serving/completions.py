@@ -4,6 +4,7 @@ Each prompt is one engine request (all `n` choices of it in one stream); the pro
 concurrently and choice `index` = prompt_index * n + choice. Usage: every prompt's tokens once,
 every choice's generated tokens.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 from model import RequestOutput, SamplingParams
 
 from ..errors import bad_request
-from ..protocol import MAX_CHOICES, SSE_DONE, CompletionRequest, completion_id, now, sse_frame, usage
+from ..protocol import MAX_CHOICES, CompletionRequest
+from ..responses import SSE_DONE, completion_id, now, sse_frame, usage
 from .base import Serving
 from .logprobs import finish_reason
 from .prompts import encode_prompts, normalize_prompts
@@ -36,8 +38,9 @@ class CompletionServing(Serving):
         if req.suffix:
             raise bad_request("'suffix' is not supported", "suffix")
         if req.echo and req.logprobs is not None:
-            raise bad_request("'echo' together with 'logprobs' needs prompt logprobs, which are not supported yet",
-                              "echo")
+            raise bad_request(
+                "'echo' together with 'logprobs' needs prompt logprobs, which are not supported yet", "echo"
+            )
         max_tokens = req.requested_max_tokens()
         params = req.to_sampling_params(DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, req.logprobs)
         if req.best_of is not None and req.best_of != params.n:
@@ -49,8 +52,9 @@ class CompletionServing(Serving):
         state.admission.acquire()
         try:
             prepared = await asyncio.to_thread(encode_prompts, engine, prompts, req.echo)
-            streams = await self.submit(engine, [(f"{request_id}-{i}", ids) for i, (ids, _) in enumerate(prepared)],
-                                        params, "prompt")
+            streams = await self.submit(
+                engine, [(f"{request_id}-{i}", ids) for i, (ids, _) in enumerate(prepared)], params, "prompt"
+            )
         except BaseException:
             state.admission.release()
             raise
@@ -66,8 +70,16 @@ class CompletionServing(Serving):
             return Response(status_code=499)
         return JSONResponse(self._response(finals, request_id, created, model_name, params, prepared, req))
 
-    def _response(self, finals: list[RequestOutput], request_id: str, created: int, model_name: str,
-                  params: SamplingParams, prepared: list[tuple[list[int], str]], req: CompletionRequest) -> dict:
+    def _response(
+        self,
+        finals: list[RequestOutput],
+        request_id: str,
+        created: int,
+        model_name: str,
+        params: SamplingParams,
+        prepared: list[tuple[list[int], str]],
+        req: CompletionRequest,
+    ) -> dict:
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         choices = []
         prompt_tokens = completion_tokens = 0
@@ -77,20 +89,37 @@ class CompletionServing(Serving):
                 completion_tokens += len(c.token_ids)
                 logprobs = fmt.legacy(c.logprobs or [], 0)[0] if fmt is not None else None
                 reason = finish_reason(c.finish_reason)
-                choices.append({
-                    "index": pi * params.n + c.index,
-                    "text": prepared[pi][1] + c.text if req.echo else c.text,
-                    "logprobs": logprobs,
-                    "finish_reason": reason,
-                    "stop_reason": c.stop_reason,
-                })
+                choices.append(
+                    {
+                        "index": pi * params.n + c.index,
+                        "text": prepared[pi][1] + c.text if req.echo else c.text,
+                        "logprobs": logprobs,
+                        "finish_reason": reason,
+                        "stop_reason": c.stop_reason,
+                    }
+                )
         choices.sort(key=lambda ch: ch["index"])
-        return {"id": request_id, "object": "text_completion", "created": created, "model": model_name,
-                "choices": choices, "usage": usage(prompt_tokens, completion_tokens), "system_fingerprint": None}
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+            "system_fingerprint": None,
+        }
 
-    async def _stream(self, streams: list[AsyncIterator[RequestOutput]], request_id: str, created: int,
-                      model_name: str, params: SamplingParams, prepared: list[tuple[list[int], str]],
-                      req: CompletionRequest, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        streams: list[AsyncIterator[RequestOutput]],
+        request_id: str,
+        created: int,
+        model_name: str,
+        params: SamplingParams,
+        prepared: list[tuple[list[int], str]],
+        req: CompletionRequest,
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
         n = params.n
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         num_choices = len(prepared) * n
@@ -118,10 +147,18 @@ class CompletionServing(Serving):
                     if reason is not None:
                         done[index] = True
                         completion_tokens += len(c.token_ids)
-                    chunk: dict[str, Any] = {**head, "choices": [{
-                        "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
-                        "stop_reason": c.stop_reason if reason is not None else None,
-                    }]}
+                    chunk: dict[str, Any] = {
+                        **head,
+                        "choices": [
+                            {
+                                "index": index,
+                                "text": text,
+                                "logprobs": logprobs,
+                                "finish_reason": reason,
+                                "stop_reason": c.stop_reason if reason is not None else None,
+                            }
+                        ],
+                    }
                     if include_usage:
                         chunk["usage"] = None
                     yield sse_frame(chunk)

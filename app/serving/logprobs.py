@@ -1,4 +1,5 @@
 """The engine's TokenLogprobs and finish reasons as the OpenAI APIs spell them."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,7 +7,7 @@ from typing import Any, Sequence
 
 from model import TokenLogprobs
 
-from ..protocol import clean_logprob
+from ..responses import clean_logprob
 
 
 class LogprobFormatter:
@@ -34,24 +35,31 @@ class LogprobFormatter:
             top_logprobs.append(top)
             offsets.append(offset)
             offset += len(e.sampled.decoded)
-        return ({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
-                 "text_offset": offsets}, offset)
+        return (
+            {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets},
+            offset,
+        )
 
     def chat(self, entries: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
         """logprobs.content[]: {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}."""
         content = []
         for e in entries:
             s = e.sampled
-            content.append({
-                "token": self._name(s.token_id, s.decoded),
-                "logprob": clean_logprob(s.logprob),
-                "bytes": self._bytes(s.token_id),
-                "top_logprobs": [
-                    {"token": self._name(a.token_id, a.decoded), "logprob": clean_logprob(a.logprob),
-                     "bytes": self._bytes(a.token_id)}
-                    for a in e.top
-                ],
-            })
+            content.append(
+                {
+                    "token": self._name(s.token_id, s.decoded),
+                    "logprob": clean_logprob(s.logprob),
+                    "bytes": self._bytes(s.token_id),
+                    "top_logprobs": [
+                        {
+                            "token": self._name(a.token_id, a.decoded),
+                            "logprob": clean_logprob(a.logprob),
+                            "bytes": self._bytes(a.token_id),
+                        }
+                        for a in e.top
+                    ],
+                }
+            )
         return content
 
 

@@ -3,6 +3,7 @@
 The tokenizing functions run in a worker thread (asyncio.to_thread). Token ids are not checked
 here: `AsyncEngine.submit` checks them against the vocabulary (and for emptiness) once.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -87,8 +88,10 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             for j, part in enumerate(content):
                 kind = part.get("type")
                 if kind not in TEXT_PART_TYPES:
-                    raise bad_request(f"messages[{i}].content[{j}]: only text content parts are supported, "
-                                      f"got type {kind!r}", "messages")
+                    raise bad_request(
+                        f"messages[{i}].content[{j}]: only text content parts are supported, got type {kind!r}",
+                        "messages",
+                    )
                 value = part.get("text")
                 if not isinstance(value, str):
                     raise bad_request(f"messages[{i}].content[{j}].text must be a string", "messages")
@@ -107,8 +110,9 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def render_and_tokenize(engine: AsyncEngine, messages: list[dict[str, Any]], add_generation_prompt: bool,
-                        add_special_tokens: bool = False) -> list[int]:
+def render_and_tokenize(
+    engine: AsyncEngine, messages: list[dict[str, Any]], add_generation_prompt: bool, add_special_tokens: bool = False
+) -> list[int]:
     """The chat template applied, then tokenized (runs in a worker thread). 400 on a template error."""
     try:
         text = engine.render_chat(messages, add_generation_prompt=add_generation_prompt)
@@ -117,4 +121,3 @@ def render_and_tokenize(engine: AsyncEngine, messages: list[dict[str, Any]], add
     check_text(text, "messages")
     # The template already holds any BOS text: by default do not add special tokens again.
     return encode_text(engine, text, add_special_tokens, "messages")
-

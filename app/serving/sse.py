@@ -1,4 +1,5 @@
 """Server-sent events: the streaming response and the error event of a stream already under way."""
+
 from __future__ import annotations
 
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -6,7 +7,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from sse_starlette import EventSourceResponse
 
 from ..errors import api_error_of
-from ..protocol import sse_frame
+from ..responses import sse_frame
 
 
 def error_frame(exc: BaseException) -> bytes:

@@ -3,6 +3,7 @@
 Closing (or cancelling) what these return closes the engine streams they read, and closing an engine
 stream before it finished aborts its engine request, so its KV blocks are freed within one step.
 """
+
 from __future__ import annotations
 
 import asyncio

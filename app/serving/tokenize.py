@@ -4,6 +4,7 @@
 chat template; special tokens not added again by default) and answers
 {"count", "max_model_len", "tokens", "token_strs"}. /detokenize answers {"prompt"}.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ class TokenizeServing(Serving):
             special = True if req.add_special_tokens is None else req.add_special_tokens
             ids = await asyncio.to_thread(encode_text, engine, req.prompt, special, "prompt")
         strs = engine.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
-        return JSONResponse({"count": len(ids), "max_model_len": engine.runtime.max_model_len,
-                             "tokens": ids, "token_strs": strs})
+        return JSONResponse(
+            {"count": len(ids), "max_model_len": engine.runtime.max_model_len, "tokens": ids, "token_strs": strs}
+        )
 
     async def detokenize(self, req: DetokenizeRequest) -> JSONResponse:
         engine = self.state.ready_engine()

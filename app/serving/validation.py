@@ -6,6 +6,7 @@ request's field by `SamplingRequest.to_sampling_params`); `AsyncEngine.submit` c
 token ids, stop_token_ids / logit_bias against the vocabulary, empty prompts and the context window.
 app.errors maps those exceptions to 400s.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,8 +20,9 @@ def check_text(value: str, param: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise bad_request(f"'{param}' contains text that is not valid Unicode (a lone surrogate such as \\ud800)",
-                          param) from None
+        raise bad_request(
+            f"'{param}' contains text that is not valid Unicode (a lone surrogate such as \\ud800)", param
+        ) from None
 
 
 def check_common(req: SamplingRequest) -> None:
@@ -30,8 +32,11 @@ def check_common(req: SamplingRequest) -> None:
     if req.response_format is not None:
         kind = req.response_format.type
         if kind in ("json_object", "json_schema"):
-            raise bad_request(f"response_format type '{kind}' is not supported yet (structured output comes in a "
-                              "later version); use {\"type\": \"text\"}", "response_format")
+            raise bad_request(
+                f"response_format type '{kind}' is not supported yet (structured output comes in a "
+                'later version); use {"type": "text"}',
+                "response_format",
+            )
         if kind != "text":
             raise bad_request(f"unknown response_format type '{kind}'; use 'text'", "response_format")
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])

@@ -7,6 +7,7 @@ thread drains it before each step and hands each step's outputs back with one `c
 If a step raises, the engine is dead: every waiting request gets EngineDeadError and new ones are
 refused.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -129,8 +130,14 @@ class AsyncEngine:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    async def submit(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
-                     param: str = "prompt", reserve_max_tokens: bool = False) -> RequestStream:
+    async def submit(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        param: str = "prompt",
+        reserve_max_tokens: bool = False,
+    ) -> RequestStream:
         """Check a request and queue it; returns its output stream. InvalidParamError (naming `param` for
         prompt errors) is raised here, before anything runs; EngineDeadError once the engine has died.
         With `reserve_max_tokens`, prompt + max_tokens must fit the context (ContextLengthError)."""

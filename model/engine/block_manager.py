@@ -4,6 +4,7 @@ Blocks are reference-counted. A full block gets a chained hash: sha256(parent ha
 so equal hashes mean equal whole prefixes (collision-safe). Blocks whose count drops to 0 stay
 cached in a free queue (least recently freed first out) until they are reused for new data.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 
 Everything here runs once, before the first request; the engine keeps only what it returns.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,14 +86,22 @@ def build(config: EngineConfig) -> BuiltEngine:
     )
     log.info(
         "loaded %s (%s) on %s in %s%s: %d KV blocks of %d tokens, max_model_len %d, %.1fs",
-        ckpt.default_name, cfg.architecture, device, str(dtype).removeprefix("torch."),
+        ckpt.default_name,
+        cfg.architecture,
+        device,
+        str(dtype).removeprefix("torch."),
         " with float16 weights" if config.quantization == "fp16" else "",
-        num_blocks, config.block_size, max_len, time.monotonic() - t0,
+        num_blocks,
+        config.block_size,
+        max_len,
+        time.monotonic() - t0,
     )
     return BuiltEngine(ckpt, model, kv_caches, runtime)
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, quantization: str | None) -> torch.nn.Module:
+def build_model(
+    ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, quantization: str | None
+) -> torch.nn.Module:
     with torch.device("meta"):
         model = model_class(ckpt.config)(ckpt.config)
     model = materialize(model, device, dtype)  # the rotary buffer was computed on the CPU, not meta

@@ -1,4 +1,5 @@
 """LLM: the offline facade. `LLM().generate(prompts, SamplingParams(...))` in a plain script."""
+
 from __future__ import annotations
 
 import itertools
@@ -37,7 +38,9 @@ class LLM:
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
-        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        params = (
+            list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        )
         if len(params) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
         return self._run([(p, sp) for p, sp in zip(prompts, params)])

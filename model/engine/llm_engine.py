@@ -5,6 +5,7 @@ sampled tokens and finish sequences on token-level criteria, and lets the output
 tokens into text (stop strings, logprobs, deltas); it returns a RequestOutput for every request that
 produced something (or finished) in that step.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,8 +39,9 @@ class LLMEngine:
         rt = self.runtime
         self.runner = ModelRunner(built.model, built.kv_caches, config.block_size, rt.vocab_size, rt.device, backend)
         self.block_manager = BlockManager(rt.num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   rt.max_model_len)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, rt.max_model_len
+        )
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler)
         self._seq_ids = itertools.count()
         self._rng = random.Random()
@@ -69,12 +71,15 @@ class LLMEngine:
             return prompt, self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         return None, check_token_ids(prompt, self.runtime.vocab_size)
 
-    def check_request(self, ids: list[int], params: SamplingParams, param: str = "prompt",
-                      reserve_max_tokens: bool = False) -> None:
+    def check_request(
+        self, ids: list[int], params: SamplingParams, param: str = "prompt", reserve_max_tokens: bool = False
+    ) -> None:
         """InvalidParamError if the request cannot run (thread-safe; see validation.check_request)."""
         check_request(ids, params, self.runtime, param, reserve_max_tokens)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, chat_template: str | None = None) -> str:
+    def render_chat(
+        self, messages: list[dict], add_generation_prompt: bool = True, chat_template: str | None = None
+    ) -> str:
         """The chat template applied to `messages` (ValueError if the model has none)."""
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template or self.chat_template
@@ -89,8 +94,9 @@ class LLMEngine:
         self.check_request(ids, params)
         self.add_checked_request(request_id, ids, params, text if text is not None else prompt_text)
 
-    def add_checked_request(self, request_id: str, ids: list[int], params: SamplingParams,
-                            prompt_text: str | None = None) -> None:
+    def add_checked_request(
+        self, request_id: str, ids: list[int], params: SamplingParams, prompt_text: str | None = None
+    ) -> None:
         """Queue a request that `check_request` accepted."""
         if request_id in self.outputs.requests:
             raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")

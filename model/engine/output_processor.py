@@ -7,6 +7,7 @@ finish_reason "stop" (through `Scheduler.finish`, so the blocks are freed in the
 that ended for any other reason flushes the text its detokenizer held back; if that tail completes a
 stop string, the reason becomes "stop" too.
 """
+
 from __future__ import annotations
 
 from ..detokenizer import Decoder, IncrementalDetokenizer
@@ -24,8 +25,13 @@ class OutputProcessor:
         self.requests: dict[str, Request] = {}
 
     def new_choice(self, seq: Sequence, params: SamplingParams) -> ChoiceState:
-        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.skip_special_tokens,
-                                       params.stop_list, params.include_stop_str_in_output)
+        detok = IncrementalDetokenizer(
+            self.tokenizer,
+            seq.prompt_token_ids,
+            params.skip_special_tokens,
+            params.stop_list,
+            params.include_stop_str_in_output,
+        )
         return ChoiceState(seq, detok, [] if params.logprobs is not None else None)
 
     def add(self, request: Request) -> None:

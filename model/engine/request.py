@@ -4,6 +4,7 @@
 back), the logprobs so far, and what was produced since the last RequestOutput (streaming deltas).
 Per-choice state that later features need (a grammar matcher, a tool-call parser) hangs here.
 """
+
 from __future__ import annotations
 
 import time
@@ -76,8 +77,11 @@ class Request:
         seqs = self.seqs
         if len(seqs) == 1:
             return RequestMetrics(self.arrival_time, seqs[0].first_scheduled_time, seqs[0].first_token_time)
-        return RequestMetrics(self.arrival_time, _earliest([s.first_scheduled_time for s in seqs]),
-                              _earliest([s.first_token_time for s in seqs]))
+        return RequestMetrics(
+            self.arrival_time,
+            _earliest([s.first_scheduled_time for s in seqs]),
+            _earliest([s.first_token_time for s in seqs]),
+        )
 
 
 def _earliest(times: list[float | None]) -> float | None:

@@ -1,4 +1,5 @@
 """Facts derived at start-up from the user's EngineConfig and the machine: device, dtype, KV pool size."""
+
 from __future__ import annotations
 
 import functools
@@ -95,8 +96,10 @@ class MatmulTiming:
 
     def describe(self) -> str:
         rows, k, n = self.shape
-        return (f"bf16 matmul {self.bf16_speedup:.2f}x fp32: {self.bf16_s * 1e3:.3f} vs {self.fp32_s * 1e3:.3f} ms "
-                f"per [{rows}x{k}]@[{k}x{n}]")
+        return (
+            f"bf16 matmul {self.bf16_speedup:.2f}x fp32: {self.bf16_s * 1e3:.3f} vs {self.fp32_s * 1e3:.3f} ms "
+            f"per [{rows}x{k}]@[{k}x{n}]"
+        )
 
 
 def _fastest_calls(fns: list, rounds: int = 24, budget_s: float = 0.2) -> list[float]:
@@ -135,6 +138,7 @@ def measure_cpu_matmuls(rows: int = 32, k: int = 576, n: int = 1536, num_weights
                 for w in packed:
                     torch.ops.mkldnn._linear_pointwise(x32, w, None, "none", [], "")
         else:
+
             def fp32() -> None:
                 for w in w32:
                     linear(x32, w)

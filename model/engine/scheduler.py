@@ -5,6 +5,7 @@ sequence still in prefill), then waiting sequences are admitted with prefill chu
 that is left. When KV blocks run out, the newest running sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to be recomputed later (prefix caching makes that cheap).
 """
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 
 from .block_manager import BlockManager
 from .sequence import Sequence, SequenceStatus
-
 
 # A sampled token's logprob data from the runner: (its logprob, top ids, top logprobs).
 TokenLogprobData = tuple[float, list[int], list[float]]
@@ -43,8 +43,9 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int) -> None:
+    def __init__(
+        self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int
+    ) -> None:
         self.blocks = block_manager
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
@@ -114,8 +115,13 @@ class Scheduler:
             budget -= num_new
         return out
 
-    def update(self, scheduled: list[ScheduledSeq], sampled: list[ScheduledSeq], token_ids: list[int],
-               logprobs: list[TokenLogprobData | None] | None) -> list[SampledToken]:
+    def update(
+        self,
+        scheduled: list[ScheduledSeq],
+        sampled: list[ScheduledSeq],
+        token_ids: list[int],
+        logprobs: list[TokenLogprobData | None] | None,
+    ) -> list[SampledToken]:
         """After a forward pass: commit the computed tokens, append each sampled token, and finish the
         sequences that hit EOS, a stop token id, max_tokens or the context limit (blocks freed).
         Stop strings are the output processor's: they need the text."""

@@ -3,6 +3,7 @@
 What the scheduler and the runner need lives here; the choice's output state (detokenizer, stop strings,
 logprobs, deltas for streaming) belongs to the output processor (`request.ChoiceState`).
 """
+
 from __future__ import annotations
 
 import enum

@@ -3,6 +3,7 @@
 The engine thread publishes a fresh one after each step (`AsyncEngine.stats()`), so a metrics
 scrape or a stats log line on another thread never reads the scheduler's live lists.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

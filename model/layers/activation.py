@@ -1,4 +1,5 @@
 """The gated SiLU of Llama-family MLPs, on a fused [gate | up] projection output."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ and returns ordinary dense tensors. On this project's AVX2 machine that is 10-35
 step. The packed copy replaces the parameter, which is released unless another module shares it (a
 tied embedding). Where those ops are missing (another torch build), the model keeps `F.linear`.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -5,6 +5,7 @@ everything else stay float32, and no activation is quantized, so a row's result 
 other rows of the batch. Half the weight bytes to stream per step: measured 1.1-1.7x faster decode
 than float32 on an AVX2 CPU (docs/PERFORMANCE.md), at a relative weight error of at most 2^-11.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """RMSNorm with Hugging Face numerics: the statistics in float32, then scale in the input dtype."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ The KV cache of one layer is a tensor [2, num_blocks, block_size, kv_heads, head
 position p of a sequence lives in slot `block_table[p // block_size] * block_size + p % block_size`.
 In the flat batch, decode tokens (one query per sequence) come first, then each prefill chunk.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 cos/sin are computed once per step for the flat batch's positions (in float32, as HF does) and
 shared by every layer.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Find and open a model: a HF directory, a GGUF file, or (no path) the embedded default."""
+
 from __future__ import annotations
 
 import os

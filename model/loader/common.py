@@ -1,4 +1,5 @@
 """What every loader returns (ModelLoadError lives in model/errors.py and is re-exported here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

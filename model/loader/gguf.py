@@ -4,6 +4,7 @@ The pieces live next door: `gguf_reader` (file format), `gguf_dequant` (tensor d
 `gguf_metadata` (ModelConfig), `gguf_names` (tensor names and shapes), `gguf_vocab` (tokenizer).
 This module puts them together, and finds the embedded default model.
 """
+
 from __future__ import annotations
 
 import importlib.util

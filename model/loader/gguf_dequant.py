@@ -1,4 +1,5 @@
 """GGUF tensor data -> float32: fast numpy paths for common block formats, else `gguf.quants.dequantize`."""
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -1,4 +1,5 @@
 """GGUF metadata (`{arch}.*` keys, plus a `rope_freqs.weight` tensor) -> ModelConfig."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """GGUF tensor names -> Hugging Face parameter names, the shapes a config implies, and q/k un-permuting."""
+
 from __future__ import annotations
 
 import re
@@ -63,8 +64,11 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.down_proj.weight": (h, cfg.intermediate_size),
         }
         if cfg.attention_bias:
-            shapes |= {p + "self_attn.q_proj.bias": (q * d,), p + "self_attn.k_proj.bias": (kv * d,),
-                       p + "self_attn.v_proj.bias": (kv * d,)}
+            shapes |= {
+                p + "self_attn.q_proj.bias": (q * d,),
+                p + "self_attn.k_proj.bias": (kv * d,),
+                p + "self_attn.v_proj.bias": (kv * d,),
+            }
         if cfg.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
     return shapes

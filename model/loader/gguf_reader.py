@@ -6,6 +6,7 @@ than `gguf.GGUFReader`: that one builds numpy views for every vocabulary string 
 against the file size before use, so a corrupt or hostile file gives one `ModelLoadError` naming
 the file. Tensor data is dequantized by `gguf_dequant`.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,17 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 
 # Fixed-size scalar value types: struct format (little-endian).
 _SCALARS = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
 }
 
 

@@ -4,6 +4,7 @@ We build the same `tokenizers` pipeline that `transformers`' GGUF loader builds:
 for `gpt2` vocabularies, SentencePiece-style BPE with byte fallback for `llama` vocabularies,
 then wrap it in a plain `Tokenizer`.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Hugging Face model directories: config.json, (sharded) safetensors, tokenizer, generation config."""
+
 from __future__ import annotations
 
 import json

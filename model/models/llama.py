@@ -4,6 +4,7 @@ Parameters keep Hugging Face names, except that q/k/v and gate/up are fused into
 `gate_up_proj`; `load_weights` maps HF names onto the fused shards. The forward pass runs over a
 flat batch of tokens from many sequences; attention reads and writes the paged KV cache.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable

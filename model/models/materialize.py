@@ -3,6 +3,7 @@
 `nn.Module.to_empty` does the same but routes through torch's reference ops, whose first use imports
 sympy (about a second of start-up); plain `torch.empty` per parameter does not.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,14 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype) -> n
                 continue
             if id(param) not in made:
                 param_dtype = dtype if param.is_floating_point() else param.dtype
-                made[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=param_dtype, device=device), requires_grad=False)
+                made[id(param)] = nn.Parameter(
+                    torch.empty(param.shape, dtype=param_dtype, device=device), requires_grad=False
+                )
             module._parameters[name] = made[id(param)]
         for name, buf in list(module._buffers.items()):
             if buf is None:
                 continue
-            module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype, device=device) if buf.is_meta else buf.to(device)
+            module._buffers[name] = (
+                torch.empty(buf.shape, dtype=buf.dtype, device=device) if buf.is_meta else buf.to(device)
+            )
     return model

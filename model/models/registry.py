@@ -1,4 +1,5 @@
 """Architecture name -> model class."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -29,6 +29,7 @@ Modules (imports flow one way, top to bottom):
   sampler     `Sampler`, which runs the steps above;
   reference   a plain, slow per-row reference of the filters, used by the tests as the oracle.
 """
+
 from __future__ import annotations
 
 from .batch import CutParams, SampleGroup, SamplingBatch, SamplingRow

@@ -4,6 +4,7 @@
 few tensors: sparse logit edits, the greedy rows, and two sampled groups (whole vocabulary, and
 top-k / top-p candidates) with their per-row parameters and seeded uniform numbers.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -124,7 +125,10 @@ class SamplingBatch:
 
     @classmethod
     def build(
-        cls, rows: list[SamplingRow], vocab_size: int, device: torch.device,
+        cls,
+        rows: list[SamplingRow],
+        vocab_size: int,
+        device: torch.device,
         allowed_mask: torch.Tensor | None = None,
     ) -> SamplingBatch:
         b = _Builder(vocab_size, device)
@@ -199,7 +203,11 @@ class _EditsBuilder:
     offset: list[float] = field(default_factory=list)
 
     def add(
-        self, row: int, tokens: Collection[int], scale: float = 1.0, offset: float = 0.0,
+        self,
+        row: int,
+        tokens: Collection[int],
+        scale: float = 1.0,
+        offset: float = 0.0,
         weights: Collection[float] | None = None,
     ) -> None:
         assert (weights is not None) == self.weighted

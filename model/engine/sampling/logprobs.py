@@ -1,5 +1,6 @@
 """Logprobs of a step: those of the raw logits (log_softmax before any processing), as in OpenAI's
 API and vLLM's default, for the sampled token and the top-k alternatives."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

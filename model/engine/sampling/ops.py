@@ -4,6 +4,7 @@ Every cut is a "keep weights >= threshold" test on the unnormalized probabilitie
 w = exp((logit - max) / temperature), so the top token has weight exactly 1. Nothing here reads a
 device tensor on the host.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,9 +41,7 @@ def _rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return x if rows is None else x.index_select(0, rows)
 
 
-def _weights(
-    x: torch.Tensor, row_max: torch.Tensor, inv_t: torch.Tensor | None, out: torch.Tensor
-) -> torch.Tensor:
+def _weights(x: torch.Tensor, row_max: torch.Tensor, inv_t: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     """out = exp((x - max) / temperature); the top token gets weight exactly 1."""
     w = torch.sub(x, row_max, out=out)
     if inv_t is not None:
@@ -82,9 +81,7 @@ def top_values(x: torch.Tensor, k: int, block: int = 16) -> tuple[torch.Tensor, 
     return vals, idx.gather(1, pos)
 
 
-def _top_k_top_p_cut(
-    w: torch.Tensor, cut: CutParams, mass: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_k_top_p_cut(w: torch.Tensor, cut: CutParams, mass: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The smallest weight kept by top-k then top-p, and whether the candidates cover the cut.
 
     w: [R, K] the weights of each row's K largest logits, descending; mass: [R, 1] each row's

@@ -7,6 +7,7 @@ for structured outputs: a grammar matcher fills a [B, V] bool tensor with the to
 take next, and every other token gets -inf here, so greedy, whole-vocabulary and top-k / top-p rows
 all honour it. Logprobs stay those of the raw logits, untouched by any of these edits.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Written to be obviously correct, not fast: one row at a time, in float64, with P
 sorts, sharing no code with the batched fast path (`ops.py`, `sampler.py`). Removed tokens are
 marked -inf, as in HF's logits warpers.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,7 @@ def reference_warp(x: torch.Tensor, temperature: float, top_k: int, top_p: float
     return x
 
 
-def reference_distribution(
-    x: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
-) -> torch.Tensor:
+def reference_distribution(x: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
     """The distribution [V] (float64) a row with these parameters samples from: softmax of
     `reference_warp`, zero on the removed tokens."""
     return reference_warp(x, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p).softmax(-1)

@@ -3,6 +3,7 @@
 It applies the logits processors, takes the argmax for greedy rows, and samples the two sampled
 groups with the ops of `ops.py`; see the package docstring for the order of processing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

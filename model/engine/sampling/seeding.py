@@ -3,6 +3,7 @@
 The batch builder calls `seeded_uniform(row seed, index of the token being sampled)` on the host,
 so a seeded request draws the same tokens whatever else is in the batch and at whatever row it sits.
 """
+
 from __future__ import annotations
 
 _MASK64 = (1 << 64) - 1

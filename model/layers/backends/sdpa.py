@@ -4,6 +4,7 @@ Decode: the whole batch in one call, keys gathered block-wise by a padded block 
 context length. Prefill: one call per chunk; a chunk with no earlier context attends to its own K/V
 with a causal mask, a chunk after cached/earlier tokens gathers its context from the cache.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,12 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, **kw)
 
 
 def attention(
-    q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
 ) -> torch.Tensor:
     """q/k_new/v_new: this step's [T, heads, head_dim] (already written to the cache)."""
     out = torch.empty_like(q)

@@ -1,4 +1,5 @@
 """Reference attention: one sequence at a time, plain float32 math. The oracle for fast paths."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,12 @@ from ..paged_kv import AttentionMetadata, gather_context, sequence_chunks
 
 
 def attention(
-    q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
 ) -> torch.Tensor:
     """q: [T, heads, head_dim] -> [T, heads, head_dim]. K/V of this step are read back from the cache."""
     out = torch.empty_like(q)
