@@ -34,6 +34,7 @@ _EXPORTS = {
     "RequestOutput": ".outputs",
     "TokenLogprobs": ".outputs",
     "SamplingParams": ".sampling_params",
+    "StructuredOutputs": ".structured.spec",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "RuntimeInfo",
     "SamplingParams",
     "TokenLogprobs",
+    "StructuredOutputs",
 ]
 
 
@@ -76,3 +78,4 @@ if TYPE_CHECKING:
     from .errors import ContextLengthError, EngineDeadError, InvalidParamError, ModelLoadError, RequestAbortedError
     from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
     from .sampling_params import SamplingParams
+    from .structured.spec import StructuredOutputs

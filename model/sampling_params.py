@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InvalidParamError
+from .structured.spec import StructuredOutputs
 
 MAX_N = 16
 MAX_LOGPROBS = 20
@@ -40,6 +41,8 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob plus k alternatives
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # A constraint on the output (JSON schema, regex, choice, grammar), enforced by a grammar matcher.
+    structured_outputs: StructuredOutputs | None = None
     stop_list: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class SamplingParams:
             for tok, bias in self.logit_bias.items():
                 if not -100.0 <= float(bias) <= 100.0:
                     bad(f"logit_bias values must be between -100 and 100, got {bias} for token {tok}", "logit_bias")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputs):
+            bad("structured_outputs must be a model.StructuredOutputs", "structured_outputs")
 
     @property
     def greedy(self) -> bool:

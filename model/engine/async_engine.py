@@ -21,11 +21,14 @@ from ..config import EngineConfig
 from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
+from ..structured.compiler import CompiledGrammar
 from .llm_engine import LLMEngine
 from .runtime import RuntimeInfo
 from .stats import EngineStats
 
 log = logging.getLogger("kvserve.engine")
+
+COMPILE_TIMEOUT_S = 2.0  # longest a structured-output constraint may take to compile
 
 
 class RequestStream:
@@ -149,14 +152,28 @@ class AsyncEngine:
         else:
             text, ids = self._engine.encode_prompt(prompt)
         self._engine.check_request(ids, params, param, reserve_max_tokens)
+        grammar = await self._compile(params)
         stream = RequestStream(self, request_id, asyncio.get_running_loop())
         with self._lock:
             if request_id in self._streams:
                 raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
             self._streams[request_id] = stream
-        self._inbox.put(("add", request_id, ids, params, text))
+        self._inbox.put(("add", request_id, ids, params, text, grammar))
         self._wakeup.set()
         return stream
+
+    async def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's constraint compiled in a worker thread, never on the engine thread or the event
+        loop; past COMPILE_TIMEOUT_S it is refused (llguidance's limits bound the work left behind)."""
+        spec = params.structured_outputs
+        if spec is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._engine.compile_constraint, params), COMPILE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise InvalidParamError(
+                f"{spec.param}: the constraint took longer than {COMPILE_TIMEOUT_S:g} s to compile", spec.param
+            ) from None
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
@@ -195,13 +212,13 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, request_id, ids, params, text = cmd
+                _, request_id, ids, params, text, grammar = cmd
                 with self._lock:
                     alive = request_id in self._streams
                 if not alive:
                     continue  # the client left before the request reached the engine
                 try:
-                    self._engine.add_checked_request(request_id, ids, params, prompt_text=text)
+                    self._engine.add_checked_request(request_id, ids, params, text, grammar)
                 except ValueError as exc:
                     self._deliver_one(request_id, exc)
             else:

@@ -15,6 +15,7 @@ from ..config import EngineConfig
 from ..errors import InvalidParamError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
+from ..structured.compiler import CompiledGrammar, GrammarCompiler
 from .block_manager import BlockManager
 from .builder import build
 from .output_processor import OutputProcessor
@@ -43,6 +44,7 @@ class LLMEngine:
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, rt.max_model_len
         )
         self.outputs = OutputProcessor(self.tokenizer, self.scheduler)
+        self.grammars = GrammarCompiler(self.tokenizer.backend.to_str, rt.vocab_size, rt.eos_token_ids)
         self._seq_ids = itertools.count()
         self._rng = random.Random()
         self.num_prompt_tokens_total = 0
@@ -77,6 +79,13 @@ class LLMEngine:
         """InvalidParamError if the request cannot run (thread-safe; see validation.check_request)."""
         check_request(ids, params, self.runtime, param, reserve_max_tokens)
 
+    def compile_constraint(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's structured-output constraint, compiled (cached); None without one.
+        InvalidParamError naming the request field if it is over the limits or invalid. Thread-safe."""
+        if params.structured_outputs is None:
+            return None
+        return self.grammars.compile(params.structured_outputs)
+
     def render_chat(
         self, messages: list[dict], add_generation_prompt: bool = True, chat_template: str | None = None
     ) -> str:
@@ -92,12 +101,18 @@ class LLMEngine:
         is invalid."""
         text, ids = self.encode_prompt(prompt)
         self.check_request(ids, params)
-        self.add_checked_request(request_id, ids, params, text if text is not None else prompt_text)
+        grammar = self.compile_constraint(params)
+        self.add_checked_request(request_id, ids, params, text if text is not None else prompt_text, grammar)
 
     def add_checked_request(
-        self, request_id: str, ids: list[int], params: SamplingParams, prompt_text: str | None = None
+        self,
+        request_id: str,
+        ids: list[int],
+        params: SamplingParams,
+        prompt_text: str | None = None,
+        grammar: CompiledGrammar | None = None,
     ) -> None:
-        """Queue a request that `check_request` accepted."""
+        """Queue a request that `check_request` accepted, with its compiled constraint if it has one."""
         if request_id in self.outputs.requests:
             raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
         choices = []
@@ -107,6 +122,8 @@ class LLMEngine:
             else:
                 seed = self._rng.getrandbits(63)
             seq = Sequence(next(self._seq_ids), request_id, index, ids, params, seed, list(self.runtime.eos_token_ids))
+            if grammar is not None:
+                seq.grammar = grammar.new_choice()  # per choice: n > 1 and preemption keep their own state
             choices.append(self.outputs.new_choice(seq, params))
         self.outputs.add(Request(request_id, prompt_text, ids, params, choices))
         for choice in choices:

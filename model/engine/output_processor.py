@@ -43,9 +43,9 @@ class OutputProcessor:
     def process(self, sampled: list[SampledToken]) -> list[RequestOutput]:
         """Outputs for every request that got a token this step; finished requests are forgotten."""
         touched: dict[str, Request] = {}
-        for seq, token, lp in sampled:
+        for seq, token, lp, is_text in sampled:
             request = touched[seq.request_id] = self.requests[seq.request_id]
-            self._add_token(request.choices[seq.index], token, lp)
+            self._add_token(request.choices[seq.index], token, lp, is_text)
         outputs = []
         for request in touched.values():
             outputs.append(request.make_output())
@@ -53,16 +53,14 @@ class OutputProcessor:
                 del self.requests[request.request_id]
         return outputs
 
-    def _add_token(self, choice: ChoiceState, token: int, lp: TokenLogprobData | None) -> None:
+    def _add_token(self, choice: ChoiceState, token: int, lp: TokenLogprobData | None, is_text: bool) -> None:
         seq = choice.seq
         choice.new_token_ids.append(token)
         if lp is not None and choice.logprobs is not None:
             entry = self._make_logprobs(token, lp)
             choice.logprobs.append(entry)
             choice.new_logprobs.append(entry)
-        # A token that ended the sequence as EOS or a stop token id is not part of the text.
-        ended_by_token = seq.is_finished and seq.finish_reason == "stop"
-        if not ended_by_token:
+        if is_text:  # an EOS or stop token id that ended the sequence is not part of the text
             new_text, stop_str = choice.detokenizer.add_tokens([token])
             choice.new_text += new_text
             if stop_str is not None:

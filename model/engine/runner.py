@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..layers.attention import AttentionMetadata, PrefillChunk, get_backend
+from ..structured.masks import MaskFiller
 from .sampling import Sampler, SamplerOutput, SamplingBatch, SamplingRow
 from .scheduler import ScheduledSeq
 
@@ -43,6 +44,7 @@ class ModelRunner:
         self.device = device
         self.attn_fn = get_backend(attention_backend)
         self.sampler = Sampler()
+        self.masks = MaskFiller(vocab_size)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
@@ -109,7 +111,10 @@ class ModelRunner:
             )
             for s in sampled
         ]
-        batch = SamplingBatch.build(rows, self.vocab_size, self.device)
+        allowed = self.masks.allowed([s.seq.grammar for s in sampled])  # None: no row is constrained
+        if allowed is not None:
+            allowed = allowed.to(self.device, non_blocking=True)
+        batch = SamplingBatch.build(rows, self.vocab_size, self.device, allowed_mask=allowed)
         out: SamplerOutput = self.sampler(logits[:, : self.vocab_size], batch)
         return StepResult(sampled, out.token_ids.tolist(), self._logprobs_to_host(out, sampled))
 

@@ -17,8 +17,9 @@ from .sequence import Sequence, SequenceStatus
 
 # A sampled token's logprob data from the runner: (its logprob, top ids, top logprobs).
 TokenLogprobData = tuple[float, list[int], list[float]]
-# What `Scheduler.update` hands to the output processor for each sequence that sampled a token.
-SampledToken = tuple[Sequence, int, "TokenLogprobData | None"]
+# What `Scheduler.update` hands to the output processor for each sequence that sampled a token:
+# (sequence, token, logprob data, whether the token is text; False for an EOS or stop token id that ended it).
+SampledToken = tuple[Sequence, int, "TokenLogprobData | None", bool]
 
 
 @dataclass
@@ -135,21 +136,30 @@ class Scheduler:
             seq.token_ids.append(token)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            self._check_finished(seq, token)
-            out.append((seq, token, logprobs[i] if logprobs else None))
+            is_text = self._check_finished(seq, token)
+            out.append((seq, token, logprobs[i] if logprobs else None, is_text))
         self.num_generation_tokens_total += len(sampled)
         return out
 
-    def _check_finished(self, seq: Sequence, token: int) -> None:
+    def _check_finished(self, seq: Sequence, token: int) -> bool:
+        """Finish `seq` if `token` ends it; False when the token itself is not part of the text (EOS, a
+        stop token id)."""
         params = seq.params
         if token in seq.eos_token_ids and not params.ignore_eos:
             self.finish(seq, "stop")
-        elif params.stop_token_ids is not None and token in params.stop_token_ids:
+            return False
+        if params.stop_token_ids is not None and token in params.stop_token_ids:
             self.finish(seq, "stop", token)
+            return False
+        if seq.grammar is not None:
+            seq.grammar.advance(token)
+        if seq.grammar is not None and seq.grammar.finished:
+            self.finish(seq, "stop")  # the constraint is complete: nothing else may follow
         elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             self.finish(seq, "length")
         elif len(seq.token_ids) >= self.max_model_len:
             self.finish(seq, "length")
+        return True
 
     def _tokens_that_fit(self, seq: Sequence) -> int:
         bs = self.blocks.block_size

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..sampling_params import SamplingParams
+from ..structured.compiler import ChoiceGrammar
 
 
 class SequenceStatus(enum.Enum):
@@ -40,6 +41,7 @@ class Sequence:
     num_preemptions: int = 0
     first_token_time: float | None = None
     first_scheduled_time: float | None = None  # when its first prefill chunk was scheduled
+    grammar: ChoiceGrammar | None = None  # the choice's structured-output matcher, if constrained
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
