@@ -35,6 +35,14 @@ _EXPORTS = {
     "TokenLogprobs": ".outputs",
     "SamplingParams": ".sampling_params",
     "StructuredOutputs": ".structured.spec",
+    "ToolCall": ".tools.parser",
+    "ToolCallDelta": ".tools.parser",
+    "ToolCallParser": ".tools.parser",
+    "parse_tool_calls": ".tools.parser",
+    "check_tool_choice": ".tools.grammar",
+    "check_tools": ".tools.grammar",
+    "tool_constraint": ".tools.grammar",
+    "with_tool_grammar": ".tools.grammar",
 }
 
 __all__ = [
@@ -58,6 +66,14 @@ __all__ = [
     "SamplingParams",
     "TokenLogprobs",
     "StructuredOutputs",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallParser",
+    "check_tool_choice",
+    "check_tools",
+    "parse_tool_calls",
+    "tool_constraint",
+    "with_tool_grammar",
 ]
 
 
@@ -79,3 +95,5 @@ if TYPE_CHECKING:
     from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
     from .sampling_params import SamplingParams
     from .structured.spec import StructuredOutputs
+    from .tools.grammar import check_tool_choice, check_tools, tool_constraint, with_tool_grammar
+    from .tools.parser import ToolCall, ToolCallDelta, ToolCallParser, parse_tool_calls

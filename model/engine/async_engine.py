@@ -105,9 +105,18 @@ class AsyncEngine:
         """The snapshot the engine thread published after its last step (immutable)."""
         return self._stats
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The chat template applied to `messages` (ValueError on a template error). Thread-safe."""
-        return self._engine.render_chat(messages, add_generation_prompt=add_generation_prompt)
+    def render_chat(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = "auto",
+    ) -> str:
+        """The chat template applied to `messages` (ValueError on a template error), with `tools` if given.
+        Thread-safe."""
+        return self._engine.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, tool_choice=tool_choice
+        )
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`. Thread-safe (call it off the event loop for long texts)."""

@@ -8,6 +8,7 @@ from typing import Sequence as Seq
 from ..config import EngineConfig
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
+from ..tools.grammar import check_tool_choice, check_tools, tool_constraint, with_tool_grammar
 from .llm_engine import LLMEngine
 
 Prompt = str | list[int]
@@ -51,12 +52,25 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = "auto",
     ) -> list[RequestOutput]:
-        """Apply the chat template to one conversation or a list of them, then generate."""
+        """Apply the chat template to one conversation or a list of them, then generate.
+
+        `tools` (OpenAI function tools) go into the prompt unless tool_choice is "none"; "auto", "required"
+        and a named tool constrain the output with the tool-call grammar (for "auto", only if the params
+        carry no constraint of their own). The calls: `content, calls = model.tools.parse_tool_calls(
+        out.outputs[0].text)` (`calls`: ToolCall(name, arguments JSON text, id)).
+        """
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        texts = [self.engine.render_chat(c, add_generation_prompt, chat_template) for c in conversations]
+        checked = check_tools(tools) if tools is not None else None
+        choice = check_tool_choice(tool_choice, checked)
+        shown = checked if choice != "none" else None
+        texts = [self.engine.render_chat(c, add_generation_prompt, chat_template, shown, choice) for c in conversations]
         # The template already holds any BOS text: tokenize without adding special tokens again.
         prompts = [self.engine.encode_prompt(t, add_special_tokens=False)[1] for t in texts]
+        if shown:
+            sampling_params = with_tool_grammar(sampling_params, tool_constraint(shown, choice), choice)
         return self.generate(prompts, sampling_params)
 
     def _run(self, items: list[tuple[Prompt, SamplingParams]]) -> list[RequestOutput]:

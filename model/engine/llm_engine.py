@@ -16,6 +16,7 @@ from ..errors import InvalidParamError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from ..structured.compiler import CompiledGrammar, GrammarCompiler
+from ..tools.prompt import prepare_chat
 from .block_manager import BlockManager
 from .builder import build
 from .output_processor import OutputProcessor
@@ -87,11 +88,19 @@ class LLMEngine:
         return self.grammars.compile(params.structured_outputs)
 
     def render_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, chat_template: str | None = None
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = "auto",
     ) -> str:
-        """The chat template applied to `messages` (ValueError if the model has none)."""
+        """The chat template applied to `messages` (ValueError if the model has none); `tools` and tool
+        history go to the template, or into the messages when it cannot render them (model.tools.prompt)."""
+        template = chat_template or self.chat_template
+        messages, context = prepare_chat(messages, tools, template, tool_choice)
         return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template or self.chat_template
+            messages, add_generation_prompt=add_generation_prompt, chat_template=template, **context
         )
 
     def add_request(

@@ -44,7 +44,7 @@ class ModelRunner:
         self.device = device
         self.attn_fn = get_backend(attention_backend)
         self.sampler = Sampler()
-        self.masks = MaskFiller(vocab_size)
+        self.masks = MaskFiller(vocab_size, parallel=device.type == "cuda")
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
