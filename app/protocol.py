@@ -24,6 +24,9 @@ from pydantic_core import PydanticCustomError
 
 from model import InvalidParamError, SamplingParams
 
+from .structured_request import FIELDS as STRUCTURED_FIELDS
+from .structured_request import structured_outputs_of
+
 MAX_PROMPTS = 128  # prompts in one /v1/completions request
 MAX_CHOICES = 256  # prompts * n
 MAX_MESSAGES = 1024
@@ -39,7 +42,11 @@ class StreamOptions(_Request):
 
 
 class ResponseFormat(_Request):
+    """OpenAI's response_format; the JSON modes are mapped by app/structured_request.py."""
+
     type: str = "text"
+    json_schema: Any = None  # {"name", "schema", "strict", "description"}
+    schema_: Any = Field(default=None, alias="schema")  # llama.cpp: {"type": "json_object", "schema": {...}}
 
 
 class SamplingRequest(_Request):
@@ -70,6 +77,14 @@ class SamplingRequest(_Request):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:<id>" (vLLM's extra)
+    # Structured outputs (one constraint per request; shapes checked by app/structured_request.py):
+    structured_outputs: Any = None  # vLLM: {"json" | "regex" | "choice" | "grammar" | "json_object": ...}
+    guided_json: Any = None  # vLLM's older names
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    json_schema: Any = None  # llama.cpp: a JSON schema
+    grammar: Any = None  # llama.cpp: GBNF (or Lark) text
 
     def requested_max_tokens(self) -> int | None:
         """max_completion_tokens (the newer name) or max_tokens; None if neither was sent."""
@@ -93,6 +108,7 @@ class SamplingRequest(_Request):
                     bias[int(key)] = float(value)
                 except ValueError:
                     raise InvalidParamError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        structured = structured_outputs_of({name: getattr(self, name) for name in STRUCTURED_FIELDS})
         try:
             return SamplingParams(
                 n=1 if self.n is None else self.n,
@@ -113,6 +129,7 @@ class SamplingRequest(_Request):
                 logprobs=logprobs,
                 skip_special_tokens=self.skip_special_tokens,
                 include_stop_str_in_output=self.include_stop_str_in_output,
+                structured_outputs=structured,
             )
         except InvalidParamError as exc:
             field = self.request_field(exc.param)
@@ -205,6 +222,7 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None  # checked by check_tool_choice
+    parallel_tool_calls: bool | None = None  # None: true (several calls allowed)
     chat_template: str | None = None  # refused: templates come from the model or --chat-template
     add_generation_prompt: bool = True
 

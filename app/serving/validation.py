@@ -3,7 +3,8 @@
 Everything else is checked once, where the knowledge lives, and named by the exception:
 pydantic checks JSON types; SamplingParams checks ranges (InvalidParamError, renamed to the
 request's field by `SamplingRequest.to_sampling_params`); `AsyncEngine.submit` checks prompt
-token ids, stop_token_ids / logit_bias against the vocabulary, empty prompts and the context window.
+token ids, stop_token_ids / logit_bias against the vocabulary, empty prompts and the context window,
+and compiles a structured-output constraint (app/structured_request.py maps the request's fields to it).
 app.errors maps those exceptions to 400s.
 """
 
@@ -29,16 +30,6 @@ def check_common(req: SamplingRequest) -> None:
     """Checks shared by completions and chat that SamplingParams does not make."""
     if req.stream_options is not None and not req.stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
-    if req.response_format is not None:
-        kind = req.response_format.type
-        if kind in ("json_object", "json_schema"):
-            raise bad_request(
-                f"response_format type '{kind}' is not supported yet (structured output comes in a "
-                'later version); use {"type": "text"}',
-                "response_format",
-            )
-        if kind != "text":
-            raise bad_request(f"unknown response_format type '{kind}'; use 'text'", "response_format")
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     for s in stops:
         check_text(s, "stop")

@@ -121,5 +121,7 @@ def choice_lark(choices: Sequence[str]) -> str:
     return "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
-def _first_lines(message: Any, lines: int = 6) -> str:
-    return "\n".join(str(message).strip().splitlines()[:lines])
+def _first_lines(message: Any, lines: int = 6, width: int = 160) -> str:
+    """The start of llguidance's message, each line cut to `width` (it quotes the client's input)."""
+    kept = [line if len(line) <= width else line[:width] + "..." for line in str(message).strip().splitlines()[:lines]]
+    return "\n".join(kept)
