@@ -2,7 +2,8 @@
 
 The template is the model's (or --chat-template), rendered by the engine's Jinja sandbox in a worker
 thread together with tokenization; a template sent in the request is refused. Without max_tokens a
-chat answer may run to the context limit.
+chat answer may run to the context limit. Tools (serving/tools.py): shown in the prompt, the calls
+constrained by a grammar and parsed into `tool_calls` (streamed as OpenAI's tool-call deltas).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .logprobs import finish_reason
 from .prompts import render_and_tokenize, template_messages
 from .sse import SSEResponse, error_frame
 from .streams import merge_streams
+from .tools import ToolStream, plan_tools, tool_message
 from .validation import check_common
 
 
@@ -37,20 +39,20 @@ class ChatServing(Serving):
                 "template or the one given with --chat-template",
                 "chat_template",
             )
-        if req.tools and req.tool_choice != "none":
-            raise bad_request("tool calling is not supported yet", "tools")
         check_common(req)
         if req.top_logprobs is not None and not req.logprobs:
             raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None  # its range: SamplingParams
         max_tokens = req.requested_max_tokens()  # None: up to the context limit
-        params = req.to_sampling_params(max_tokens, logprobs)
+        params, tools = plan_tools(req, req.to_sampling_params(max_tokens, logprobs))
         messages = template_messages(req.messages)
 
         request_id = chat_completion_id()
         state.admission.acquire()
         try:
-            ids = await asyncio.to_thread(render_and_tokenize, engine, messages, req.add_generation_prompt)
+            ids = await asyncio.to_thread(
+                render_and_tokenize, engine, messages, req.add_generation_prompt, False, tools.tools, tools.tool_choice
+            )
             streams = await self.submit(engine, [(request_id, ids)], params, "messages")
         except BaseException:
             state.admission.release()
@@ -60,12 +62,14 @@ class ChatServing(Serving):
         gen = self.generation(streams, [len(ids)], params, info)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = self._stream(gen.outputs[0], request_id, created, model_name, params, len(ids), req, include_usage)
+            body = self._stream(
+                gen.outputs[0], request_id, created, model_name, params, len(ids), req, include_usage, tools.parse
+            )
             return SSEResponse(body, on_close=gen.aclose)
         finals = await self.final_outputs(raw, gen)
         if finals is None:
             return Response(status_code=499)
-        return JSONResponse(self._response(finals[0], request_id, created, model_name, params, req))
+        return JSONResponse(self._response(finals[0], request_id, created, model_name, params, req, tools.parse))
 
     def _response(
         self,
@@ -75,6 +79,7 @@ class ChatServing(Serving):
         model_name: str,
         params: SamplingParams,
         req: ChatCompletionRequest,
+        parse_tools: bool = False,
     ) -> dict:
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         choices = []
@@ -82,10 +87,13 @@ class ChatServing(Serving):
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             reason = finish_reason(c.finish_reason)
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            if parse_tools:
+                message, reason = tool_message(c.text, reason)
             choices.append(
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": message,
                     "logprobs": {"content": fmt.chat(c.logprobs or []), "refusal": None} if fmt is not None else None,
                     "finish_reason": reason,
                     "stop_reason": c.stop_reason,
@@ -112,11 +120,13 @@ class ChatServing(Serving):
         prompt_tokens: int,
         req: ChatCompletionRequest,
         include_usage: bool,
+        parse_tools: bool = False,
     ) -> AsyncIterator[bytes]:
         fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
         head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
         extra = {"usage": None} if include_usage else {}
         done = [False] * params.n
+        tool_streams = [ToolStream() for _ in range(params.n)] if parse_tools else None
         completion_tokens = 0
         try:
             for i in range(params.n):
@@ -142,12 +152,19 @@ class ChatServing(Serving):
                     if fmt is not None and c.new_logprobs:
                         logprobs = {"content": fmt.chat(c.new_logprobs), "refusal": None}
                     reason = finish_reason(c.finish_reason)
-                    if not c.new_text and reason is None and logprobs is None:
+                    if tool_streams is not None:
+                        deltas, reason = tool_streams[c.index].deltas(c.new_text, reason)
+                    else:
+                        deltas = [{"content": c.new_text}] if c.new_text else []
+                    if not deltas and reason is None and logprobs is None:
                         continue
                     if reason is not None:
                         done[c.index] = True
                         completion_tokens += len(c.token_ids)
-                    delta = {"content": c.new_text} if c.new_text else {}
+                    for early in deltas[:-1]:  # tool-call pieces: one chunk each
+                        piece = {"index": c.index, "delta": early, "logprobs": None, "finish_reason": None}
+                        yield sse_frame({**head, "choices": [piece], **extra})
+                    delta = deltas[-1] if deltas else {}
                     choice: dict[str, Any] = {
                         "index": c.index,
                         "delta": delta,

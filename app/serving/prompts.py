@@ -111,11 +111,19 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 def render_and_tokenize(
-    engine: AsyncEngine, messages: list[dict[str, Any]], add_generation_prompt: bool, add_special_tokens: bool = False
+    engine: AsyncEngine,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool,
+    add_special_tokens: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] = "auto",
 ) -> list[int]:
-    """The chat template applied, then tokenized (runs in a worker thread). 400 on a template error."""
+    """The chat template applied (with `tools` shown, if given), then tokenized (runs in a worker thread).
+    400 on a template error."""
     try:
-        text = engine.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        text = engine.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, tool_choice=tool_choice
+        )
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from None
     check_text(text, "messages")
