@@ -40,6 +40,7 @@ class Settings:
     num_threads: int | None = _engine("num_threads")
     quantization: str = ENGINE_DEFAULTS["quantization"] or "none"  # none | fp16 (float16 weights; CPU)
     enable_prefix_caching: bool = _engine("enable_prefix_caching")
+    block_kernels: bool = _engine("block_kernels")
     chat_template: str | None = _engine("chat_template")  # the template text read from --chat-template FILE
     chat_template_path: str | None = None
     max_queue: int = 256  # generation requests admitted at once (running + waiting); more get 429

@@ -36,6 +36,7 @@ class EngineConfig:
     chat_template: str | None = None  # a Jinja template text that overrides the model's
     attention_backend: str = "auto"  # auto | torch_ref | sdpa
     quantization: str | None = None  # None | "fp16": float16 weights, float32 math (CPU, fbgemm)
+    block_kernels: bool = True  # CPU fp32: run GGUF Q4_1/Q8_0 weights through the exact block kernels
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import EngineConfig
+from ..layers.block_weights import use_block_weights
 from ..layers.cpu_linear import accelerate_cpu_linears
 from ..layers.fp16_weights import use_fp16_weights
 from ..loader import Checkpoint, load_checkpoint
@@ -51,7 +52,7 @@ def build(config: EngineConfig) -> BuiltEngine:
             "quantization 'fp16' (float16 weights, float32 math) runs on the CPU in float32: "
             f"use device cpu and dtype float32 or auto, not {device.type} / {str(dtype).removeprefix('torch.')}"
         )
-    model = build_model(ckpt, device, dtype, config.quantization)
+    model = build_model(ckpt, device, dtype, config.quantization, config.block_kernels)
     release_free_heap_memory()
 
     cfg = ckpt.config
@@ -100,7 +101,7 @@ def build(config: EngineConfig) -> BuiltEngine:
 
 
 def build_model(
-    ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, quantization: str | None
+    ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, quantization: str | None, block_kernels: bool = True
 ) -> torch.nn.Module:
     with torch.device("meta"):
         model = model_class(ckpt.config)(ckpt.config)
@@ -109,5 +110,7 @@ def build_model(
     if quantization == "fp16":
         use_fp16_weights(model)
     elif device.type == "cpu" and dtype == torch.float32:
-        accelerate_cpu_linears(model)
+        if block_kernels and ckpt.quantized_blocks is not None:
+            use_block_weights(model, ckpt.quantized_blocks, ckpt.config.tie_word_embeddings)
+        accelerate_cpu_linears(model)  # every Linear the block kernels did not take
     return model.eval()

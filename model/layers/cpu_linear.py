@@ -62,6 +62,9 @@ def accelerate_cpu_linears(model: nn.Module) -> None:
     targets = [
         module
         for module in model.modules()
-        if isinstance(module, nn.Linear) and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
+        if isinstance(module, nn.Linear)
+        and module.weight.device.type == "cpu"
+        and module.weight.dtype == torch.float32
+        and "forward" not in vars(module)  # already given another forward (the block kernels)
     ]
     replace_linear_forwards(model, targets, PrepackedCpuLinear)

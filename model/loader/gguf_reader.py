@@ -216,13 +216,18 @@ def _place_tensor(path: str, name: str, dims: list[int], qtype_code: int, offset
     return TensorInfo(name, tuple(reversed(dims)), qtype, offset, n_bytes)
 
 
-def read_tensor(f: Any, info: TensorInfo) -> np.ndarray:
-    """One tensor from an open file, dequantized to float32 in HF shape."""
+def read_raw(f: Any, info: TensorInfo) -> np.ndarray:
+    """One tensor's bytes as stored (uint8), from an open file."""
     raw = np.empty(info.n_bytes, dtype=np.uint8)
     f.seek(info.offset)
     if f.readinto(memoryview(raw)) != info.n_bytes:
         raise ModelLoadError(f"{f.name}: tensor {info.name!r} is truncated (the file changed while loading?)")
-    return dequantize_tensor(raw, info.qtype, info.shape)
+    return raw
 
 
-__all__ = ["GGUFHeader", "TensorInfo", "read_header", "read_tensor"]
+def read_tensor(f: Any, info: TensorInfo) -> np.ndarray:
+    """One tensor from an open file, dequantized to float32 in HF shape."""
+    return dequantize_tensor(read_raw(f, info), info.qtype, info.shape)
+
+
+__all__ = ["GGUFHeader", "TensorInfo", "read_header", "read_raw", "read_tensor"]

@@ -1,0 +1,160 @@
+"""The table of `kvserve serve` flags: name, Settings field, value parser, help, kind (app/cli_args.py reads it)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from .arg_types import choice, device, fraction, parse_bool, parse_size, port, positive_int, seconds
+
+DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # the embedded model's name (also what the engine reports)
+
+
+class Option(NamedTuple):
+    flag: str
+    dest: str  # the Settings field
+    type: Callable[[str], Any]
+    help: str
+    kind: str = "one"  # one | many (repeatable, env: comma-separated) | bool (--x / --no-x)
+    metavar: str | None = None
+
+
+OPTIONS: list[Option] = [
+    Option("--host", "host", str, "address to listen on", metavar="HOST"),
+    Option("--port", "port", port, "TCP port to listen on", metavar="PORT"),
+    Option(
+        "--api-key",
+        "api_keys",
+        str,
+        "require 'Authorization: Bearer KEY' on every route except /health and /version; repeat the flag "
+        "for several keys (env: comma-separated)",
+        "many",
+        "KEY",
+    ),
+    Option(
+        "--served-model-name",
+        "served_model_names",
+        str,
+        "a name clients use in the 'model' field; repeatable, the first is the main one "
+        f"(default: the model's own name, {DEFAULT_SERVED_NAME} for the embedded model)",
+        "many",
+        "NAME",
+    ),
+    Option(
+        "--max-model-len",
+        "max_model_len",
+        positive_int,
+        "context length in tokens, prompt plus output (default: the model's limit)",
+    ),
+    Option("--max-num-seqs", "max_num_seqs", positive_int, "most sequences decoded together in one step"),
+    Option(
+        "--max-num-batched-tokens",
+        "max_num_batched_tokens",
+        positive_int,
+        "token budget of one engine step (prefill chunks plus decodes)",
+    ),
+    Option("--block-size", "block_size", positive_int, "tokens per KV-cache block"),
+    Option(
+        "--dtype",
+        "dtype",
+        choice("auto", "float32", "bfloat16", "float16"),
+        "compute dtype: auto (bf16 on CUDA, and on CPUs with usable AMX where a start-up measurement finds it "
+        "faster; else fp32), float32, bfloat16, float16",
+    ),
+    Option("--device", "device", device, "auto, cpu, cuda or cuda:N", metavar="{auto,cpu,cuda,cuda:N}"),
+    Option(
+        "--kv-cache-memory",
+        "kv_cache_memory",
+        parse_size,
+        "bytes for the KV cache on CPU, e.g. 512MiB or 2GiB (default 512MiB)",
+        metavar="SIZE",
+    ),
+    Option(
+        "--gpu-memory-utilization", "gpu_memory_utilization", fraction, "fraction of free CUDA memory for the KV cache"
+    ),
+    Option("--num-threads", "num_threads", positive_int, "torch threads on CPU (default: all cores)"),
+    Option(
+        "--quantization",
+        "quantization",
+        choice("none", "fp16"),
+        "fp16: keep weights in float16 and multiply them in float32 with fbgemm (x86 CPU, dtype float32); "
+        "half the weight memory and 1.1-1.7x faster decode on CPUs without AMX, at a 2^-11 weight rounding",
+    ),
+    Option(
+        "--block-kernels",
+        "block_kernels",
+        parse_bool,
+        "CPU float32: multiply GGUF Q4_1/Q8_0 weights straight from their blocks with kvserve's exact kernels "
+        "(built once into ~/.cache/kvserve; --no-block-kernels for the float32 oneDNN path)",
+        "bool",
+    ),
+    Option(
+        "--enable-prefix-caching",
+        "enable_prefix_caching",
+        parse_bool,
+        "reuse KV blocks of identical prompt prefixes (--no-enable-prefix-caching to turn off)",
+        "bool",
+    ),
+    Option(
+        "--chat-template",
+        "chat_template_path",
+        str,
+        "a Jinja chat template FILE that replaces the model's (rendered in a sandbox)",
+        metavar="FILE",
+    ),
+    Option(
+        "--max-queue",
+        "max_queue",
+        positive_int,
+        "most generation requests admitted at once, running or waiting; beyond it: 429 with Retry-After",
+    ),
+    Option(
+        "--max-body-bytes",
+        "max_body_bytes",
+        parse_size,
+        "largest request body accepted (413 beyond), e.g. 512KiB or 8MiB",
+        metavar="SIZE",
+    ),
+    Option(
+        "--allowed-origins",
+        "allowed_origins",
+        str,
+        "CORS origins allowed to call the API, e.g. http://localhost:3000 or '*'; repeat or comma-separate "
+        "(default: none, no CORS headers)",
+        "many",
+        "ORIGIN",
+    ),
+    Option(
+        "--log-level",
+        "log_level",
+        choice("debug", "info", "warning", "error", "critical"),
+        "logging level; every request gets one line at info",
+    ),
+    Option(
+        "--log-format",
+        "log_format",
+        choice("text", "json"),
+        "text (one readable line per record) or json (one JSON object per line)",
+    ),
+    Option(
+        "--log-prompts",
+        "log_prompts",
+        parse_bool,
+        "put the prompt (text or token ids) into each request's log line; off by default, prompts may be private",
+        "bool",
+    ),
+    Option(
+        "--log-stats-interval",
+        "log_stats_interval",
+        seconds,
+        "seconds between engine-stats log lines while requests run (0: none)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "shutdown_timeout",
+        seconds,
+        "on SIGTERM/SIGINT, seconds in-flight requests may take to finish (new ones get 503) before the rest "
+        "are aborted",
+        metavar="SECONDS",
+    ),
+]
