@@ -13,6 +13,7 @@ import random
 
 from ..config import EngineConfig
 from ..errors import InvalidParamError
+from ..layers.cpu_decoder import CpuDecoder
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from ..structured.compiler import CompiledGrammar, GrammarCompiler
@@ -38,8 +39,12 @@ class LLMEngine:
         self.tokenizer = ckpt.tokenizer
         self.chat_template = config.chat_template or self.tokenizer.chat_template
         backend = config.attention_backend if config.attention_backend != "auto" else "sdpa"
+        # auto: the fused CPU decoder where the model qualifies (block kernels, fp32, CPU), else SDPA
+        fused = CpuDecoder.build(built.model) if config.attention_backend == "auto" else None
         rt = self.runtime
-        self.runner = ModelRunner(built.model, built.kv_caches, config.block_size, rt.vocab_size, rt.device, backend)
+        self.runner = ModelRunner(
+            built.model, built.kv_caches, config.block_size, rt.vocab_size, rt.device, backend, forward=fused
+        )
         self.block_manager = BlockManager(rt.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, rt.max_model_len

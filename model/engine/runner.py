@@ -8,6 +8,7 @@ attention backend can handle them in one call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +37,10 @@ class ModelRunner:
         vocab_size: int,
         device: torch.device,
         attention_backend: str,
+        forward: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         self.model = model
+        self.forward = forward or model  # the model's forward or a fused replacement with its signature
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.vocab_size = vocab_size
@@ -98,7 +101,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> StepResult:
         input_ids, positions, meta, logits_indices, sampled = self.prepare(scheduled)
-        logits = self.model(input_ids, positions, self.kv_caches, meta, self.attn_fn, logits_indices)
+        logits = self.forward(input_ids, positions, self.kv_caches, meta, self.attn_fn, logits_indices)
         if not sampled:
             return StepResult([], [], None)
         rows = [

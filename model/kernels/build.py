@@ -1,4 +1,4 @@
-"""Builds `quant_gemm.cpp` on first use with `torch.utils.cpp_extension` into an on-disk cache.
+"""Builds the C++ kernels (quant_gemm.cpp, decoder_ops.cpp, decoder_plan.cpp) on first use with `torch.utils.cpp_extension` into an on-disk cache.
 
 The cache lives in `$KVSERVE_CACHE/kernels` (default `~/.cache/kvserve/kernels`); each build gets its own
 directory keyed by the source's hash, torch's and Python's versions, the compiler, the flags and this CPU's
@@ -27,7 +27,9 @@ import torch
 
 log = logging.getLogger("kvserve.kernels")
 
-SOURCE = Path(__file__).with_name("quant_gemm.cpp")
+_HERE = Path(__file__).parent
+SOURCES = tuple(_HERE / name for name in ("quant_gemm.cpp", "decoder_ops.cpp", "decoder_plan.cpp"))
+HEADERS = tuple(_HERE / name for name in ("kernels.h", "simd.h"))
 # -ffp-contract=off: the kernel spells out every fma, the compiler must not add any. -fopenmp: at::parallel_for
 # is inline code over torch's OpenMP backend; the library then needs libgomp.so.1, which resolves to the copy
 # torch has loaded (same soname): one thread pool, torch's.
@@ -62,7 +64,9 @@ def _compiler() -> str:
 
 def build_key(isa: str) -> str:
     """The cache key of one build: source, torch, Python, compiler, flags and CPU features."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256()
+    for path in (*SOURCES, *HEADERS):
+        h.update(path.read_bytes())
     for part in (torch.__version__, sys.version, _compiler(), *BASE_FLAGS, *ISA_FLAGS[isa], _cpu_flags()):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:16]
@@ -98,7 +102,7 @@ def _compile(name: str, isa: str, build_dir: Path) -> ModuleType:
             warnings.simplefilter("ignore")
             return cpp_extension.load(
                 name=name,
-                sources=[str(SOURCE)],
+                sources=[str(path) for path in SOURCES],
                 extra_cflags=[*BASE_FLAGS, *ISA_FLAGS[isa]],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),

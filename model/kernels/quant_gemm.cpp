@@ -6,100 +6,26 @@
 // model/loader/gguf_dequant.py) and multiplies it into one accumulator lane per output (outer-product form), so
 // every output is acc = fma(w[n, k], x[m, k], acc) for k = 0..K-1 in order from +0, then + bias: the same fp32
 // operations whatever M, the tile shape, the thread split or the ISA (AVX-512, AVX2 or scalar builds).
+// With a residual, out = residual + (x @ W^T + bias): the residual added last, as `x + linear(h)` does.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/Half.h>
-#include <torch/csrc/utils/pybind.h>  // not torch/extension.h: the whole C++ API would triple the build time
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <vector>
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
+#include "kernels.h"
+#include "simd.h"
+
+namespace kvserve {
 namespace {
-constexpr int64_t kBlock = 32;  // weights per GGUF block
-constexpr int64_t kGroup = 16;  // output rows per packed group: one vector of 16 lanes
+constexpr int64_t kBlock = 32;  // weights per GGUF block; kGroup (simd.h): output rows per packed group
 constexpr int kQ8 = 8, kQ4_1 = 3;  // GGMLQuantizationType values
 constexpr int64_t src_block_bytes(int qt) { return qt == kQ8 ? 34 : 20; }
 constexpr int64_t group_block_bytes(int qt) { return qt == kQ8 ? 32 + 512 : 64 + 256; }
 
-// V16: 16 fp32 lanes (one per row of a group), as one zmm, two ymm or an array; the ops are IEEE-exact alike.
-#if defined(__AVX512F__)
-constexpr const char* kIsa = "avx512";
-constexpr int kMaxRows = 8;  // rows of x per tile; nv_for: groups per tile, the accumulators in 32 registers
-constexpr int nv_for(int mr) { return mr == 1 ? 8 : (mr <= 4 ? 4 : 2); }
-using I128 = __m128i;
-struct V16 { __m512 v; };
-inline V16 vzero() { return {_mm512_setzero_ps()}; }
-inline V16 vfma(V16 a, V16 b, V16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-inline V16 vmul(V16 a, V16 b) { return {_mm512_mul_ps(a.v, b.v)}; }
-inline V16 vbcast(const float* p) { return {_mm512_set1_ps(*p)}; }
-inline V16 vload(const float* p) { return {_mm512_loadu_ps(p)}; }
-inline V16 vhalf(const uint8_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
-inline I128 load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const I128*>(p)); }
-inline V16 vint8(const uint8_t* p) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(p)))}; }
-inline void vnibbles(const uint8_t* p, V16& lo, V16& hi) {
-  const __m512i b = _mm512_cvtepu8_epi32(load16(p));
-  lo.v = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
-  hi.v = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-}
-inline void vstore(float* p, V16 a, int64_t n) {
-  n == kGroup ? _mm512_storeu_ps(p, a.v) : _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), a.v);
-}
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-constexpr const char* kIsa = "avx2";
-constexpr int kMaxRows = 4;
-constexpr int nv_for(int mr) { return mr == 1 ? 2 : 1; }  // 16 ymm registers
-using I128 = __m128i;
-struct V16 { __m256 a, b; };
-inline V16 vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
-inline V16 vfma(V16 x, V16 y, V16 z) { return {_mm256_fmadd_ps(x.a, y.a, z.a), _mm256_fmadd_ps(x.b, y.b, z.b)}; }
-inline V16 vmul(V16 x, V16 y) { return {_mm256_mul_ps(x.a, y.a), _mm256_mul_ps(x.b, y.b)}; }
-inline V16 vbcast(const float* p) { return {_mm256_broadcast_ss(p), _mm256_broadcast_ss(p)}; }
-inline V16 vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
-inline V16 vhalf(const uint8_t* p) {
-  const I128* q = reinterpret_cast<const I128*>(p);
-  return {_mm256_cvtph_ps(_mm_loadu_si128(q)), _mm256_cvtph_ps(_mm_loadu_si128(q + 1))};
-}
-inline V16 vint8(const uint8_t* p) {
-  const I128 b = _mm_loadu_si128(reinterpret_cast<const I128*>(p));
-  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
-}
-inline void vnibbles(const uint8_t* p, V16& lo, V16& hi) {
-  const I128 b = _mm_loadu_si128(reinterpret_cast<const I128*>(p));
-  const __m256i x = _mm256_cvtepu8_epi32(b), y = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), f = _mm256_set1_epi32(15);
-  lo = {_mm256_cvtepi32_ps(_mm256_and_si256(x, f)), _mm256_cvtepi32_ps(_mm256_and_si256(y, f))};
-  hi = {_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4)), _mm256_cvtepi32_ps(_mm256_srli_epi32(y, 4))};
-}
-inline void vstore(float* p, V16 a, int64_t n) {
-  alignas(32) float t[kGroup];
-  _mm256_store_ps(t, a.a), _mm256_store_ps(t + 8, a.b), std::memcpy(p, t, sizeof(float) * n);
-}
-#else
-constexpr const char* kIsa = "scalar";
-constexpr int kMaxRows = 4;
-constexpr int nv_for(int) { return 1; }
-struct V16 { float v[kGroup]; };
-#define KV_LANES(expr) V16 r; for (int64_t i = 0; i < kGroup; ++i) r.v[i] = (expr); return r
-inline V16 vzero() { KV_LANES(0.0f); }
-inline V16 vfma(V16 a, V16 b, V16 c) { KV_LANES(std::fma(a.v[i], b.v[i], c.v[i])); }
-inline V16 vmul(V16 a, V16 b) { KV_LANES(a.v[i] * b.v[i]); }
-inline V16 vbcast(const float* p) { KV_LANES(*p); }
-inline V16 vload(const float* p) { KV_LANES(p[i]); }
-inline V16 vhalf(const uint8_t* p) { KV_LANES(c10::detail::fp16_ieee_to_fp32_value(p[2 * i] | (p[2 * i + 1] << 8))); }
-inline V16 vint8(const uint8_t* p) { KV_LANES(static_cast<float>(static_cast<int8_t>(p[i]))); }
-inline void vnibbles(const uint8_t* p, V16& lo, V16& hi) {
-  for (int64_t i = 0; i < kGroup; ++i) lo.v[i] = static_cast<float>(p[i] & 15), hi.v[i] = static_cast<float>(p[i] >> 4);
-}
-inline void vstore(float* p, V16 a, int64_t n) { std::memcpy(p, a.v, sizeof(float) * n); }
-#endif
 
 struct Gemm {  // packed groups (gstride bytes each, nb = K/32 blocks), x [M, K], out [M, N], bias [N] or null
   const uint8_t* w; int64_t gstride, nb; const float* x; int64_t k; float* out; int64_t n; const float* bias;
+  const float* residual;  // [M, N] or null
 };
 template <int QT>
 inline void scales(const uint8_t* blk, V16& d, V16& m) { d = vhalf(blk), m = QT == kQ8 ? d : vhalf(blk + 32); }
@@ -124,6 +50,8 @@ inline void store(const Gemm& a, int64_t m, int64_t g, const V16* acc) {
     float* o = a.out + m * a.n + n0;
     vstore(o, acc[v], cnt);
     for (int64_t i = 0; a.bias != nullptr && i < cnt; ++i) o[i] += a.bias[n0 + i];
+    const float* r = a.residual + m * a.n + n0;
+    for (int64_t i = 0; a.residual != nullptr && i < cnt; ++i) o[i] = r[i] + o[i];
   }
 }
 
@@ -224,8 +152,10 @@ void check(bool ok, int64_t qt, const char* what) {
   TORCH_CHECK(ok, "quant_gemm: ", what);
 }
 
+}  // namespace
+
 at::Tensor gemm(const at::Tensor& x, const at::Tensor& packed, int64_t qt, int64_t n,
-                const c10::optional<at::Tensor>& bias) {
+                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual) {
   const int64_t k = x.size(-1), nb = k / kBlock, ngroups = (n + kGroup - 1) / kGroup;
   check(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(), qt, "x must be 2-D cpu float32");
   check(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 2 && k % kBlock == 0 &&
@@ -234,11 +164,14 @@ at::Tensor gemm(const at::Tensor& x, const at::Tensor& packed, int64_t qt, int64
   check(!b.defined() || (b.scalar_type() == at::kFloat && b.numel() == n), qt, "bias must be float32 [N]");
   const at::Tensor xc = x.contiguous();
   const int64_t mrows = xc.size(0);
+  const at::Tensor res = residual.has_value() ? residual->contiguous() : at::Tensor();
+  check(!res.defined() || (res.scalar_type() == at::kFloat && res.dim() == 2 && res.size(0) == mrows &&
+                           res.size(1) == n), qt, "residual must be float32 [M, N]");
   at::Tensor out = at::empty({mrows, n}, xc.options());
   if (mrows == 0 || n == 0) return out;
-  if (k == 0) return b.defined() ? b.expand({mrows, n}).clone() : out.zero_();
+  TORCH_CHECK(k > 0, "quant_gemm: K must be positive");
   const Gemm a{packed.data_ptr<uint8_t>(), packed.size(1), nb, xc.data_ptr<float>(), k, out.data_ptr<float>(), n,
-               b.defined() ? b.data_ptr<float>() : nullptr};
+               b.defined() ? b.data_ptr<float>() : nullptr, res.defined() ? res.data_ptr<float>() : nullptr};
   const int64_t grain = std::max<int64_t>(1, 65536 / (kGroup * k));  // >= ~64k weights per thread
   at::parallel_for(0, ngroups, grain, [&](int64_t g0, int64_t g1) {
     qt == kQ8 ? run<kQ8>(a, mrows, g0, g1) : run<kQ4_1>(a, mrows, g0, g1);
@@ -279,21 +212,12 @@ at::Tensor unpack(const at::Tensor& packed, int64_t qt, int64_t k) {
   check(packed.is_contiguous() && packed.dim() == 2 && k % kBlock == 0 &&
             packed.size(1) == k / kBlock * group_block_bytes(qt), qt, "the packed weight does not match K");
   at::Tensor out = at::empty({packed.size(0), k, kGroup}, packed.options().dtype(at::kFloat));
-  const Gemm a{packed.data_ptr<uint8_t>(), packed.size(1), k / kBlock, nullptr, k, nullptr, 0, nullptr};
+  const Gemm a{packed.data_ptr<uint8_t>(), packed.size(1), k / kBlock, nullptr, k, nullptr, 0, nullptr, nullptr};
   for (int64_t g = 0; g < packed.size(0); ++g) {
     float* buf = out.data_ptr<float>() + g * k * kGroup;
     qt == kQ8 ? decode<kQ8, 1>(a, g, buf) : decode<kQ4_1, 1>(a, g, buf);
   }
   return out;
 }
-}  // namespace
+}  // namespace kvserve
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  using py::arg;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();  // the kernels run without the GIL
-  m.attr("isa") = kIsa;
-  m.def("gemm", &gemm, "out[M, N] = x @ W^T (+ bias)", arg("x"), arg("packed"), arg("qtype"), arg("n"),
-        arg("bias") = py::none(), nogil);
-  m.def("pack", &pack, "GGUF blocks -> packed groups", arg("blocks"), arg("qtype"), arg("n"), arg("k"), nogil);
-  m.def("unpack", &unpack, "packed -> fp32 [N/16, K, 16]", arg("packed"), arg("qtype"), arg("k"), nogil);
-}

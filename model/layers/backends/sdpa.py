@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..paged_kv import AttentionMetadata, gather_blocks, gather_context
+from ..paged_kv import AttentionMetadata, PrefillChunk, gather_blocks, gather_context
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, **kw) -> torch.Tensor:
@@ -39,17 +39,24 @@ def attention(
         out[:n] = _sdpa(qd, k, v, scale, attn_mask=meta.decode_mask).squeeze(2)
     for chunk in meta.prefills:
         sl = slice(chunk.q_start, chunk.q_start + chunk.q_len)
-        qs = q[sl].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
-        if chunk.ctx_len == chunk.q_len:  # no earlier context: attend to this chunk's own K/V
-            k = k_new[sl].transpose(0, 1).unsqueeze(0)
-            v = v_new[sl].transpose(0, 1).unsqueeze(0)
-            res = _sdpa(qs, k, v, scale, is_causal=True)
-        else:
-            k, v = gather_context(cache, chunk.block_table, chunk.ctx_len)
-            k = k.transpose(0, 1).unsqueeze(0)
-            v = v.transpose(0, 1).unsqueeze(0)
-            q_pos = torch.arange(chunk.ctx_len - chunk.q_len, chunk.ctx_len, device=q.device)
-            mask = torch.arange(chunk.ctx_len, device=q.device)[None, :] <= q_pos[:, None]
-            res = _sdpa(qs, k, v, scale, attn_mask=mask)
-        out[sl] = res.squeeze(0).transpose(0, 1)
+        out[sl] = prefill_chunk(q[sl], k_new[sl], v_new[sl], cache, chunk, scale)
     return out
+
+
+def prefill_chunk(
+    q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache: torch.Tensor, chunk: PrefillChunk, scale: float
+) -> torch.Tensor:
+    """One prefill chunk's attention: q/k_new/v_new [q_len, heads, head_dim] -> [q_len, heads, head_dim]."""
+    qs = q.transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
+    if chunk.ctx_len == chunk.q_len:  # no earlier context: attend to this chunk's own K/V
+        k = k_new.transpose(0, 1).unsqueeze(0)
+        v = v_new.transpose(0, 1).unsqueeze(0)
+        res = _sdpa(qs, k, v, scale, is_causal=True)
+    else:
+        k, v = gather_context(cache, chunk.block_table, chunk.ctx_len)
+        k = k.transpose(0, 1).unsqueeze(0)
+        v = v.transpose(0, 1).unsqueeze(0)
+        q_pos = torch.arange(chunk.ctx_len - chunk.q_len, chunk.ctx_len, device=q.device)
+        mask = torch.arange(chunk.ctx_len, device=q.device)[None, :] <= q_pos[:, None]
+        res = _sdpa(qs, k, v, scale, attn_mask=mask)
+    return res.squeeze(0).transpose(0, 1)
