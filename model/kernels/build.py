@@ -1,7 +1,8 @@
-"""Builds the C++ kernels (quant_gemm.cpp, decoder_ops.cpp, decoder_plan.cpp) on first use with `torch.utils.cpp_extension` into an on-disk cache.
+"""Builds the C++ kernels (quant_gemm.cpp, decoder_ops.cpp, decoder_plan.cpp: one module) on first use with
+`torch.utils.cpp_extension` into an on-disk cache.
 
 The cache lives in `$KVSERVE_CACHE/kernels` (default `~/.cache/kvserve/kernels`); each build gets its own
-directory keyed by the source's hash, torch's and Python's versions, the compiler, the flags and this CPU's
+directory keyed by the sources' hash, torch's and Python's versions, the compiler, the flags and this CPU's
 feature flags, so a cached library is only ever loaded where it was built for. A cached library is imported
 directly (no ninja, no compiler check). Without a compiler, or when the build fails, the loaders return None
 after one log line; they never raise.
