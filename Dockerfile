@@ -13,8 +13,8 @@
 #                  run with the NVIDIA container toolkit, `--gpus all`).
 #   EXTRA_CA_CERT  PEM text of an extra CA certificate for pip (a TLS-intercepting proxy). Or put *.crt /
 #                  *.pem files into docker/certs/. Either is used in the builder stage only.
-#   SLIM_TORCH     1 (default): drop torch's C++ headers and test binaries (not needed to serve; the image
-#                  has no compiler for torch.compile anyway).
+#   SLIM_TORCH     1 (default): drop torch's C++ headers and test binaries (not needed to serve: kvserve's
+#                  CPU kernels are prebuilt into /opt/venv/share/kvserve; the image has no compiler).
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -50,12 +50,7 @@ RUN set -eu; \
         fi ;; \
     cuda) pip install "torch==${TORCH_VERSION}" ;; \
     *) echo "TORCH_VARIANT must be cpu or cuda, got '$TORCH_VARIANT'" >&2; exit 2 ;; \
-    esac; \
-    if [ "$SLIM_TORCH" = 1 ]; then \
-        t="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"; \
-        rm -rf "$t/include" "$t/test" "$t/share/cmake"; \
-        find "$t/bin" -type f ! -name torch_shm_manager -delete 2>/dev/null || true; \
-    fi
+    esac
 
 # The project's dependencies and the default model (cached while only the code changes).
 COPY pyproject.toml /opt/build/
@@ -68,10 +63,27 @@ RUN set -eu; \
 COPY pyproject.toml README.md /opt/build/src/
 COPY app/ /opt/build/src/app/
 COPY model/ /opt/build/src/model/
+# The CPU kernels (model/kernels), prebuilt for AVX-512, AVX2 and plain x86-64 (those this build machine can
+# run): the runtime stage has no compiler and loads the best one the CPU it runs on supports. The compiler and
+# Python's headers are installed here only where the base lacks them; torch's headers go after this step.
 RUN set -eu; \
     pip install --no-deps /opt/build/src; \
     python -c 'import torch, app.main, model; print("torch", torch.__version__)'; \
     kvserve serve --help > /dev/null; \
+    if [ "$TORCH_VARIANT" = cpu ] && [ "$(uname -m)" = x86_64 ]; then \
+        if ! command -v c++ >/dev/null || ! python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+            apt-get update -qq; \
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ python3-dev > /dev/null; \
+        fi; \
+        pip install -q ninja setuptools; \
+        KVSERVE_CACHE=/opt/venv/share/kvserve python -m model.kernels --prebuild avx512 avx2 scalar; \
+        pip uninstall -y -q ninja; \
+    fi; \
+    if [ "$SLIM_TORCH" = 1 ]; then \
+        t="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"; \
+        rm -rf "$t/include" "$t/test" "$t/share/cmake"; \
+        find "$t/bin" -type f ! -name torch_shm_manager -delete 2>/dev/null || true; \
+    fi; \
     pip uninstall -y -q pip
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -84,7 +96,7 @@ RUN set -eu; \
 
 # KVSERVE_HOST / KVSERVE_PORT are the server's defaults here (flags still win); the HEALTHCHECK reads them.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1 KVSERVE_HOST=0.0.0.0 KVSERVE_PORT=8000
+    TRANSFORMERS_OFFLINE=1 KVSERVE_HOST=0.0.0.0 KVSERVE_PORT=8000 KVSERVE_CACHE=/opt/venv/share/kvserve
 USER kvserve
 WORKDIR /home/kvserve
 EXPOSE 8000

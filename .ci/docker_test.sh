@@ -229,6 +229,9 @@ log "Docker HEALTHCHECK: healthy"
 user=$(docker exec "$CONTAINER" id -u)
 [ "$user" != 0 ] || die "the server runs as root in the container"
 log "the server runs as uid $user"
+# The prebuilt CPU kernels load without a compiler and the fused decoder serves (not the float32 fallback).
+docker logs "$CONTAINER" 2>&1 | grep -E "kernels: loaded|fused CPU decoder" >&2 \
+    || { docker logs "$CONTAINER" 2>&1 | tail -30 >&2; die "the image's prebuilt CPU kernels did not load"; }
 
 # ------------------------------------------------------------------------------------ 5. SIGTERM
 t0=$SECONDS

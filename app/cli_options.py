@@ -88,6 +88,14 @@ OPTIONS: list[Option] = [
         "bool",
     ),
     Option(
+        "--attention-backend",
+        "attention_backend",
+        choice("auto", "sdpa", "torch_ref"),
+        "auto: the fused C++ CPU decoder where the block kernels run every layer (decode steps in one native "
+        "call, paged attention reading the cache in place), else torch SDPA; sdpa: torch's path always; "
+        "torch_ref: the per-sequence reference math (slow, for checks)",
+    ),
+    Option(
         "--enable-prefix-caching",
         "enable_prefix_caching",
         parse_bool,

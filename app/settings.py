@@ -41,6 +41,7 @@ class Settings:
     quantization: str = ENGINE_DEFAULTS["quantization"] or "none"  # none | fp16 (float16 weights; CPU)
     enable_prefix_caching: bool = _engine("enable_prefix_caching")
     block_kernels: bool = _engine("block_kernels")
+    attention_backend: str = _engine("attention_backend")  # auto | sdpa | torch_ref
     chat_template: str | None = _engine("chat_template")  # the template text read from --chat-template FILE
     chat_template_path: str | None = None
     max_queue: int = 256  # generation requests admitted at once (running + waiting); more get 429

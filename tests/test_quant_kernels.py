@@ -248,3 +248,38 @@ def test_fallback_without_kernels_is_float32_linear():
     w = dequantize_blocks(blocks, "Q4_1", 48, 64)
     assert torch.equal(layer(x), F.linear(x, w, bias))
     assert torch.equal(layer.rebuilt_weight(), w)
+
+
+@pytest.mark.slow
+def test_a_prebuilt_portable_build_serves_where_there_is_no_compiler(tmp_path, monkeypatch, caplog):
+    """What the Docker image does: `python -m model.kernels --prebuild avx2` at build time; at run time no
+    compiler, no native build in the cache: the prebuilt AVX2 library loads, with no warning."""
+    import subprocess
+    import sys
+
+    from model.kernels.build import cpu_supports
+
+    if not cpu_supports("avx2"):
+        pytest.skip("this CPU has no AVX2")  # the scalar fallback is then the only portable build
+    env = {**__import__("os").environ, "KVSERVE_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "model.kernels", "--prebuild", "avx2"], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    monkeypatch.setenv("KVSERVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with caplog.at_level(logging.INFO, logger="kvserve.kernels"):
+        module = load_quant_kernels.__wrapped__()
+    assert module is not None and module.isa == "avx2"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    rng = np.random.default_rng(9)
+    blocks = random_blocks(rng, "Q4_1", 40, 64)
+    x = torch.randn(3, 64)
+    native = BlockQuantLinear(blocks, "Q4_1", 40, 64, kernels=load_quant_kernels())
+    assert torch.equal(_bits(BlockQuantLinear(blocks, "Q4_1", 40, 64, kernels=module)(x)), _bits(native(x)))
+
+
+def test_prebuild_refuses_unknown_isas():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "model.kernels", "--prebuild", "avx9"], capture_output=True)
+    assert done.returncode == 2 and b"invalid choice" in done.stderr

@@ -37,9 +37,14 @@ HEADERS = tuple(_HERE / name for name in ("kernels.h", "simd.h"))
 BASE_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
 ISA_FLAGS = {
     "native": ("-march=native",),  # AVX-512 or AVX2 or plain x86-64, whatever this CPU has
+    "avx512": ("-march=x86-64-v4",),  # AVX-512 F/BW/CD/DQ/VL + AVX2 + FMA + F16C
     "avx2": ("-march=x86-64-v3",),  # AVX2 + FMA + F16C, no AVX-512
     "scalar": ("-march=x86-64",),  # SSE2 only: the portable fallback
 }
+# The portable builds (best first) that a Docker image carries prebuilt, and the /proc/cpuinfo flags each needs.
+PORTABLE = ("avx512", "avx2", "scalar")
+_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+_NEEDS = {"avx512": _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}, "avx2": _V3, "scalar": set()}
 
 
 def cache_dir() -> Path:
@@ -63,12 +68,23 @@ def _compiler() -> str:
     return os.environ.get("CXX", "c++")
 
 
+def cpu_supports(isa: str) -> bool:
+    """Whether this CPU runs the `isa` build (native: by definition)."""
+    if isa == "native":
+        return True
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    return _NEEDS[isa] <= set(_cpu_flags().split())
+
+
 def build_key(isa: str) -> str:
-    """The cache key of one build: source, torch, Python, compiler, flags and CPU features."""
+    """The cache key of one build: sources, torch, Python and flags, and for `native` the compiler and the CPU's
+    features (a portable build runs on any CPU that has its ISA, so it can be built elsewhere, by any compiler)."""
     h = hashlib.sha256()
     for path in (*SOURCES, *HEADERS):
         h.update(path.read_bytes())
-    for part in (torch.__version__, sys.version, _compiler(), *BASE_FLAGS, *ISA_FLAGS[isa], _cpu_flags()):
+    host = (_compiler(), _cpu_flags()) if isa == "native" else ()
+    for part in (torch.__version__, sys.version, *BASE_FLAGS, *ISA_FLAGS[isa], *host):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:16]
 
@@ -113,10 +129,15 @@ def _compile(name: str, isa: str, build_dir: Path) -> ModuleType:
         torch_log.setLevel(level)
 
 
-def build_quant_kernels(isa: str = "native", root: Path | None = None) -> ModuleType | None:
-    """Import the quantized kernels from the cache, building them first if needed; None (logged) on failure."""
+def build_quant_kernels(isa: str = "native", root: Path | None = None, compile: bool = True) -> ModuleType | None:
+    """Import the kernels from the cache, building them first if needed; None (logged) on failure.
+
+    compile=False only looks in the cache (None, silently, when the build is not there)."""
     if isa not in ISA_FLAGS:
         raise ValueError(f"unknown isa {isa!r}; expected one of {sorted(ISA_FLAGS)}")
+    if not cpu_supports(isa):
+        log.info("kernels: this CPU cannot run the %s build", isa)
+        return None
     try:
         name = f"kvserve_quant_{isa}_{build_key(isa)}"
         build_dir = (root or cache_dir()) / name
@@ -131,6 +152,8 @@ def build_quant_kernels(isa: str = "native", root: Path | None = None) -> Module
                 return module
             except ImportError as exc:  # a broken cache entry: build it again
                 log.info("kernels: rebuilding %s (%s)", name, _short_reason(exc))
+        if not compile:
+            return None
         if shutil.which(_compiler()) is None:
             raise RuntimeError(f"no C++ compiler: {_compiler()!r} not found")
         module = _compile(name, isa, build_dir)
@@ -143,8 +166,44 @@ def build_quant_kernels(isa: str = "native", root: Path | None = None) -> Module
 
 @lru_cache(maxsize=None)
 def load_quant_kernels(isa: str = "native") -> ModuleType | None:
-    """`build_quant_kernels` once per process and ISA (so the failure line is logged once)."""
-    return build_quant_kernels(isa)
+    """The kernels, once per process and ISA (so a failure is logged once).
+
+    For `native`: this CPU's own cached build, else the best prebuilt portable build this CPU runs (a Docker
+    image carries those and no compiler), else a native build now."""
+    if isa != "native":
+        return build_quant_kernels(isa)
+    found = build_quant_kernels("native", compile=False)
+    for portable in PORTABLE:
+        if found is None and cpu_supports(portable):
+            found = build_quant_kernels(portable, compile=False)
+    return found or build_quant_kernels("native")
 
 
-__all__ = ["build_key", "build_quant_kernels", "cache_dir", "load_quant_kernels"]
+def prebuild(isas: list[str]) -> int:
+    """Build portable kernels into the cache (the Docker image's build step); the exit status.
+
+    An ISA this CPU cannot run is skipped (building imports the library, which would fault): an image built on
+    an AVX2 machine carries the AVX2 and scalar builds only."""
+    failed = []
+    for isa in isas:
+        if not cpu_supports(isa):
+            print(f"kernels: skipping {isa}: this CPU cannot run it", file=sys.stderr)
+        elif _compile_portable(isa) is None:
+            failed.append(isa)
+    if failed:
+        print(f"kernels: could not build {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _compile_portable(isa: str) -> ModuleType | None:
+    try:
+        name = f"kvserve_quant_{isa}_{build_key(isa)}"
+        module = _compile(name, isa, cache_dir() / name)
+        print(f"kernels: built {name} ({module.isa}) in {cache_dir()}")
+        return module
+    except Exception as exc:  # noqa: BLE001
+        print(f"kernels: {isa}: {_short_reason(exc)}", file=sys.stderr)
+        return None
+
+
+__all__ = ["build_key", "build_quant_kernels", "cache_dir", "cpu_supports", "load_quant_kernels", "prebuild"]

@@ -18,7 +18,7 @@ namespace {
 // over an array of it vectorizes (no branches, no calls).
 inline float exp_poly(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest: the 1.5 * 2^23 trick
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -42,6 +42,18 @@ inline float dot(const float* x, const float* y, int64_t n) {
   for (; i < n; ++i) s += x[i] * y[i];
   return s;
 }
+
+// In place: x = softmax(x) over n values, one fixed order (max, exp, sum left to right, then scale).
+void softmax_(float* x, int64_t n) {
+  float mx = x[0], sum = 0.0f;
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i] - mx);
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+constexpr int64_t kMaxAcc = 32;  // accumulators of the tiled weighted sum (group * head_dim / 16): registers, or L1
 
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "decoder_ops: ", what); }
 bool cpu_float_2d(const at::Tensor& t) {
@@ -134,42 +146,40 @@ at::Tensor decode_attention(const at::Tensor& qkv, const at::Tensor& cache, cons
   const float* v_cache = k_cache + nblocks * bs * kv_row;
   float* out_p = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
+  const bool lanes = d % kGroup == 0 && group * (d / kGroup) <= kMaxAcc;  // the register-tiled weighted sum
   at::parallel_for(0, n * kvh, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> p;
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i = w / kvh, g = w % kvh, len = lens[i];
       const int64_t* table = tables + i * max_blocks;
+      const float* q = q_all + i * width + g * group * d;  // the group's query heads, one after another
+      float* o = out_p + i * num_heads * d + g * group * d;
       p.resize(group * len);
-      for (int64_t pos = 0; pos < len; ++pos) {  // scores of the group's query heads against each key
-        const float* k = k_cache + (table[pos / bs] * bs + pos % bs) * kv_row + g * d;
-        for (int64_t j = 0; j < group; ++j) p[j * len + pos] = dot(q_all + i * width + (g * group + j) * d, k, d) * sc;
+      for (int64_t pos0 = 0; pos0 < len; pos0 += bs) {  // scores of the group's heads against each key
+        const float* k = k_cache + table[pos0 / bs] * bs * kv_row + g * d;
+        for (int64_t pos = pos0; pos < std::min(len, pos0 + bs); ++pos, k += kv_row)
+          for (int64_t j = 0; j < group; ++j) p[j * len + pos] = dot(q + j * d, k, d) * sc;
       }
-      for (int64_t j = 0; j < group; ++j) {  // softmax, one fixed order
-        float* pj = p.data() + j * len;
-        float mx = pj[0], sum = 0.0f;
-        for (int64_t pos = 1; pos < len; ++pos) mx = std::max(mx, pj[pos]);
-        for (int64_t pos = 0; pos < len; ++pos) pj[pos] = exp_poly(pj[pos] - mx);
-        for (int64_t pos = 0; pos < len; ++pos) sum += pj[pos];
-        const float inv = 1.0f / sum;
-        for (int64_t pos = 0; pos < len; ++pos) pj[pos] *= inv;
-      }
-      for (int64_t j = 0; j < group; ++j) {  // out = sum over positions of p * v, 16 lanes of d at a time
-        float* o = out_p + i * num_heads * d + (g * group + j) * d;
-        const float* pj = p.data() + j * len;
-        for (int64_t c = 0; c < d; c += kGroup) {
-          const int64_t cnt = std::min(kGroup, d - c);
-          alignas(64) float buf[kGroup] = {0};
-          V16 acc = vzero();
-          for (int64_t pos = 0; pos < len; ++pos) {
-            const float* v = v_cache + (table[pos / bs] * bs + pos % bs) * kv_row + g * d + c;
-            if (cnt == kGroup) {
-              acc = vfma(vset(pj[pos]), vload(v), acc);
-            } else {
-              for (int64_t e = 0; e < cnt; ++e) buf[e] += pj[pos] * v[e];
+      for (int64_t j = 0; j < group; ++j) softmax_(p.data() + j * len, len);
+      if (lanes) {  // out[j] = sum over positions of p[j, pos] * v[pos], each V row read once for the group
+        const int64_t nc = d / kGroup;
+        V16 acc[kMaxAcc];
+        std::fill(acc, acc + group * nc, vzero());
+        for (int64_t pos0 = 0; pos0 < len; pos0 += bs) {
+          const float* v = v_cache + table[pos0 / bs] * bs * kv_row + g * d;
+          for (int64_t pos = pos0; pos < std::min(len, pos0 + bs); ++pos, v += kv_row)
+            for (int64_t c = 0; c < nc; ++c) {
+              const V16 vc = vload(v + c * kGroup);
+              for (int64_t j = 0; j < group; ++j) acc[j * nc + c] = vfma(vset(p[j * len + pos]), vc, acc[j * nc + c]);
             }
-          }
-          if (cnt == kGroup) vstore(o + c, acc, kGroup);
-          else std::memcpy(o + c, buf, sizeof(float) * cnt);
+        }
+        for (int64_t a = 0; a < group * nc; ++a) vstore(o + a * kGroup, acc[a], kGroup);
+      } else {  // any head_dim: the same sums, one lane at a time
+        std::fill(o, o + group * d, 0.0f);
+        for (int64_t pos = 0; pos < len; ++pos) {
+          const float* v = v_cache + (table[pos / bs] * bs + pos % bs) * kv_row + g * d;
+          for (int64_t j = 0; j < group; ++j)
+            for (int64_t e = 0; e < d; ++e) o[j * d + e] = std::fma(p[j * len + pos], v[e], o[j * d + e]);
         }
       }
     }
