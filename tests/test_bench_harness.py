@@ -305,3 +305,28 @@ if __name__ == "__main__":
     uvicorn.run(
         create_fake_app(reject_ignore_eos=a.reject_ignore_eos), host="127.0.0.1", port=a.port, log_level="warning"
     )
+
+
+def test_llama_server_is_found_from_env_path_or_cache(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from bench import llama_server
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("KVSERVE_CACHE", str(tmp_path / "cache"))
+    assert llama_server.find() is None
+    built = tmp_path / "cache" / "llama.cpp" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp" / "build" / "bin"
+    built.mkdir(parents=True)
+    (built / "llama-server").write_text("#!/bin/sh\n")
+    (built / "llama-server").chmod(0o755)
+    assert llama_server.find() == built / "llama-server"
+    other = tmp_path / "my-llama-server"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("LLAMA_SERVER", str(other))
+    assert llama_server.find() == other
+    env = {"PATH": "/usr/bin:/bin", "KVSERVE_CACHE": str(tmp_path / "nothing"), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "bench.llama_server"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "run with --build" in done.stderr
