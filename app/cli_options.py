@@ -96,6 +96,16 @@ OPTIONS: list[Option] = [
         "torch_ref: the per-sequence reference math (slow, for checks)",
     ),
     Option(
+        "--responses-store",
+        "responses_store",
+        parse_bool,
+        "keep /v1/responses results in memory for GET /v1/responses/{id} and previous_response_id "
+        "(--no-responses-store: nothing is kept, as if every request sent store=false)",
+        "bool",
+    ),
+    Option("--responses-store-size", "responses_store_size", positive_int, "stored responses kept at most"),
+    Option("--responses-store-ttl", "responses_store_ttl", seconds, "seconds a stored response is kept"),
+    Option(
         "--enable-prefix-caching",
         "enable_prefix_caching",
         parse_bool,

@@ -9,7 +9,10 @@ from . import __version__
 from .errors import INVALID_REQUEST, APIError, api_error_response
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .protocol_responses import ResponsesRequest
+from .response_store import StoredResponse
 from .responses import model_card
+from .serving.responses import not_found
 from .state import ServerState
 
 router = APIRouter()
@@ -76,3 +79,36 @@ async def tokenize(body: TokenizeRequest, request: Request) -> Response:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     return await request.app.state.tokenizing.detokenize(body)
+
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    return await request.app.state.responses.create(body, request)
+
+
+def _stored(request: Request, response_id: str) -> StoredResponse:
+    store = _state(request).responses
+    found = store.get(response_id) if store is not None else None
+    if found is None:
+        raise not_found(response_id)
+    return found
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, request: Request) -> Response:
+    return JSONResponse(_stored(request, response_id).response)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> Response:
+    store = _state(request).responses
+    if store is None or not store.delete(response_id):
+        raise not_found(response_id)
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def response_input_items(response_id: str, request: Request) -> Response:
+    items = _stored(request, response_id).input_items
+    first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
+    return JSONResponse({"object": "list", "data": items, "first_id": first, "last_id": last, "has_more": False})

@@ -15,6 +15,7 @@ from .errors import INVALID_REQUEST, UNAVAILABLE, APIError
 from .limits import Admission
 from .metrics import Metrics
 from .phase import Phase
+from .response_store import ResponseStore
 from .settings import Settings
 
 log = logging.getLogger("kvserve")
@@ -68,6 +69,11 @@ class ServerState:
         self.served_names: list[str] = []
         self.created = int(time.time())
         self.metrics = Metrics(self.engine_stats, lambda: self.admission.in_flight, lambda: self.phase)
+        self.responses: ResponseStore | None = (
+            ResponseStore(settings.responses_store_size, settings.responses_store_ttl)
+            if settings.responses_store
+            else None
+        )
         self.on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
         self.is_started: Callable[[], bool] | None = None  # set by the CLI: uvicorn is listening
         if engine is not None:
