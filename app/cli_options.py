@@ -96,6 +96,12 @@ OPTIONS: list[Option] = [
         "torch_ref: the per-sequence reference math (slow, for checks)",
     ),
     Option(
+        "--embedding-pooling",
+        "embedding_pooling",
+        choice("last", "mean"),
+        "/v1/embeddings: pool the final-norm hidden states by the last token or the mean (L2-normalized)",
+    ),
+    Option(
         "--responses-store",
         "responses_store",
         parse_bool,

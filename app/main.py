@@ -48,6 +48,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     from .routes import router
     from .serving.chat import ChatServing
     from .serving.completions import CompletionServing
+    from .serving.embeddings import EmbeddingServing
     from .serving.responses import ResponsesServing
     from .serving.tokenize import TokenizeServing
     from .settings import Settings
@@ -84,6 +85,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     app.state.kv = state
     app.state.completions = CompletionServing(state)
     app.state.chat = ChatServing(state)
+    app.state.embeddings = EmbeddingServing(state)
     app.state.responses = ResponsesServing(state)
     app.state.tokenizing = TokenizeServing(state)
     install_error_handlers(app)

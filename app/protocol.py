@@ -265,3 +265,11 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[StrictInt]
+
+
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    input: Any = None  # a string, strings, token ids or token-id lists (checked by serving/prompts.py)
+    encoding_format: str = "float"
+    dimensions: StrictInt | None = None
+    user: str | None = None

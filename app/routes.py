@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from . import __version__
 from .errors import INVALID_REQUEST, APIError, api_error_response
 from .metrics import CONTENT_TYPE_LATEST
-from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 from .protocol_responses import ResponsesRequest
 from .response_store import StoredResponse
 from .responses import model_card
@@ -69,6 +69,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await request.app.state.chat.create(body, request)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    return await request.app.state.embeddings.create(body, request)
 
 
 @router.post("/tokenize")

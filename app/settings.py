@@ -51,6 +51,7 @@ class Settings:
     log_format: str = "text"  # text | json (one JSON object per line)
     log_prompts: bool = False  # put prompt text into the per-request log lines
     log_stats_interval: float = 5.0  # seconds between engine-stats lines while busy; 0: off
+    embedding_pooling: str = "last"  # /v1/embeddings: last | mean (of the final-norm hidden states)
     responses_store: bool = True  # keep /v1/responses results (OpenAI's store=true) for GET and previous_response_id
     responses_store_size: int = 1000  # responses kept at most (the oldest goes first)
     responses_store_ttl: float = 3600.0  # seconds a stored response is kept

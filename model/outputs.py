@@ -62,6 +62,7 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     metrics: RequestMetrics | None = None  # engine-side timestamps (for queue-time metrics)
+    embedding: list[float] | None = None  # an embedding request's L2-normalized vector (engine/pooling.py)
 
     # Convenience for the common n=1 case: `out.text`, `out.token_ids`, `out.finish_reason`.
     @property

@@ -279,3 +279,15 @@ def test_chunked_prefill_mixed_with_decodes_equals_alone(tiny_gguf):
     together = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
     alone = [_llm(path).generate([p], GREEDY)[0].outputs[0].token_ids for p in PROMPTS]
     assert together == alone
+
+
+def test_embeddings_through_the_fused_decoder_match_transformers(tiny_gguf):
+    path, hf = tiny_gguf
+    llm = _llm(path, max_num_batched_tokens=16)
+    assert isinstance(llm.engine.runner.forward, CpuDecoder)
+    for pooling in ("last", "mean"):
+        for ids, vector in zip(PROMPTS, llm.embed(PROMPTS, pooling)):
+            with torch.no_grad():
+                hidden = hf.model(torch.tensor([ids])).last_hidden_state[0]
+            ref = hidden[-1] if pooling == "last" else hidden.mean(0)
+            assert (torch.tensor(vector) - ref / ref.norm()).abs().max().item() <= 1e-5

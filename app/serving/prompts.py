@@ -22,15 +22,15 @@ def _is_token(x: Any) -> bool:
     return type(x) is int  # not bool
 
 
-def normalize_prompts(prompt: Any) -> list[str | list[int]]:
-    """The request's prompt(s) as a list of texts / token-id lists; 400 with a clear message if malformed."""
+def normalize_prompts(prompt: Any, param: str = "prompt") -> list[str | list[int]]:
+    """The request's prompt(s) as a list of texts / token-id lists; 400 naming `param` if malformed."""
     if prompt is None:
-        raise bad_request("'prompt' is required", "prompt")
+        raise bad_request(f"'{param}' is required", param)
     if isinstance(prompt, str):
         items: list[Any] = [prompt]
     elif isinstance(prompt, list):
         if not prompt:
-            raise bad_request("the prompt is empty", "prompt")
+            raise bad_request(f"the {param} is empty", param)
         if all(isinstance(p, str) for p in prompt):
             items = list(prompt)
         elif all(_is_token(t) for t in prompt):
@@ -38,14 +38,14 @@ def normalize_prompts(prompt: Any) -> list[str | list[int]]:
         elif all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt):
             items = list(prompt)
         else:
-            raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
+            raise bad_request(f"'{param}' must be {_PROMPT_FORMS}", param)
     else:
-        raise bad_request(f"'prompt' must be {_PROMPT_FORMS}", "prompt")
+        raise bad_request(f"'{param}' must be {_PROMPT_FORMS}", param)
     if len(items) > MAX_PROMPTS:
-        raise bad_request(f"at most {MAX_PROMPTS} prompts are allowed in one request, got {len(items)}", "prompt")
+        raise bad_request(f"at most {MAX_PROMPTS} {param}s are allowed in one request, got {len(items)}", param)
     for item in items:
         if isinstance(item, str):
-            check_text(item, "prompt")
+            check_text(item, param)
     return items
 
 

@@ -149,17 +149,19 @@ class AsyncEngine:
         request_id: str | None = None,
         param: str = "prompt",
         reserve_max_tokens: bool = False,
+        pooling: str | None = None,
     ) -> RequestStream:
         """Check a request and queue it; returns its output stream. InvalidParamError (naming `param` for
         prompt errors) is raised here, before anything runs; EngineDeadError once the engine has died.
-        With `reserve_max_tokens`, prompt + max_tokens must fit the context (ContextLengthError)."""
+        With `reserve_max_tokens`, prompt + max_tokens must fit the context (ContextLengthError). With
+        `pooling` ("last" | "mean") it is an embedding request: one final output carrying `embedding`."""
         if self.dead_error is not None:
             raise EngineDeadError("the engine is dead") from self.dead_error
         request_id = request_id or uuid.uuid4().hex
         if isinstance(prompt, str):  # tokenize off the event loop
             text, ids = await asyncio.to_thread(self._engine.encode_prompt, prompt)
         else:
-            text, ids = self._engine.encode_prompt(prompt)
+            text, ids = self._engine.encode_prompt(prompt, param=param)
         self._engine.check_request(ids, params, param, reserve_max_tokens)
         grammar = await self._compile(params)
         stream = RequestStream(self, request_id, asyncio.get_running_loop())
@@ -167,7 +169,7 @@ class AsyncEngine:
             if request_id in self._streams:
                 raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
             self._streams[request_id] = stream
-        self._inbox.put(("add", request_id, ids, params, text, grammar))
+        self._inbox.put(("add", request_id, ids, params, text, grammar, pooling))
         self._wakeup.set()
         return stream
 
@@ -221,13 +223,13 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, request_id, ids, params, text, grammar = cmd
+                _, request_id, ids, params, text, grammar, pooling = cmd
                 with self._lock:
                     alive = request_id in self._streams
                 if not alive:
                     continue  # the client left before the request reached the engine
                 try:
-                    self._engine.add_checked_request(request_id, ids, params, text, grammar)
+                    self._engine.add_checked_request(request_id, ids, params, text, grammar, pooling)
                 except ValueError as exc:
                     self._deliver_one(request_id, exc)
             else:

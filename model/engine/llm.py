@@ -46,6 +46,24 @@ class LLM:
             raise ValueError(f"got {len(prompts)} prompts but {len(params)} sampling params")
         return self._run([(p, sp) for p, sp in zip(prompts, params)])
 
+    def embed(self, prompts: Prompt | Seq[Prompt], pooling: str = "last") -> list[list[float]]:
+        """L2-normalized embeddings of each prompt (text or token ids): the final-norm hidden state of the
+        last token ("last") or the mean over the prompt ("mean"), computed in batches like generation."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        engine, ids = self.engine, [f"embed-{next(self._ids)}" for _ in prompts]
+        for request_id, prompt in zip(ids, prompts):
+            _, tokens = engine.encode_prompt(prompt)
+            params = SamplingParams(max_tokens=1)
+            engine.check_request(tokens, params)
+            engine.add_checked_request(request_id, tokens, params, pooling=pooling)
+        vectors: dict[str, list[float]] = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished and out.embedding is not None:
+                    vectors[out.request_id] = out.embedding
+        return [vectors[i] for i in ids]
+
     def chat(
         self,
         messages: list[Message] | list[list[Message]],

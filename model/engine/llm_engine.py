@@ -21,6 +21,7 @@ from ..tools.prompt import prepare_chat
 from .block_manager import BlockManager
 from .builder import build
 from .output_processor import OutputProcessor
+from .pooling import POOLING_TYPES, Pooler
 from .request import Request
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -54,6 +55,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._rng = random.Random()
         self.num_prompt_tokens_total = 0
+        self.pooler = Pooler()
 
     @property
     def served_name(self) -> str:
@@ -70,14 +72,16 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str | list[int], add_special_tokens: bool = True) -> tuple[str | None, list[int]]:
+    def encode_prompt(
+        self, prompt: str | list[int], add_special_tokens: bool = True, param: str = "prompt"
+    ) -> tuple[str | None, list[int]]:
         """(text or None, token ids) of a text prompt or a token-id prompt (InvalidParamError on bad ids).
 
         Thread-safe: it reads only the tokenizer and the runtime facts.
         """
         if isinstance(prompt, str):
             return prompt, self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-        return None, check_token_ids(prompt, self.runtime.vocab_size)
+        return None, check_token_ids(prompt, self.runtime.vocab_size, param)
 
     def check_request(
         self, ids: list[int], params: SamplingParams, param: str = "prompt", reserve_max_tokens: bool = False
@@ -125,8 +129,12 @@ class LLMEngine:
         params: SamplingParams,
         prompt_text: str | None = None,
         grammar: CompiledGrammar | None = None,
+        pooling: str | None = None,
     ) -> None:
-        """Queue a request that `check_request` accepted, with its compiled constraint if it has one."""
+        """Queue a request that `check_request` accepted, with its compiled constraint if it has one.
+        With `pooling` ("last" | "mean") it is an embedding request: its output carries `embedding`."""
+        if pooling is not None and (pooling not in POOLING_TYPES or params.n != 1 or grammar is not None):
+            raise InvalidParamError(f"pooling must be one of {', '.join(POOLING_TYPES)} with n=1", "pooling")
         if request_id in self.outputs.requests:
             raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
         choices = []
@@ -138,6 +146,7 @@ class LLMEngine:
             seq = Sequence(next(self._seq_ids), request_id, index, ids, params, seed, list(self.runtime.eos_token_ids))
             if grammar is not None:
                 seq.grammar = grammar.new_choice()  # per choice: n > 1 and preemption keep their own state
+            seq.pooling = pooling
             choices.append(self.outputs.new_choice(seq, params))
         self.outputs.add(Request(request_id, prompt_text, ids, params, choices))
         for choice in choices:
@@ -151,6 +160,7 @@ class LLMEngine:
             return None
         for seq in request.seqs:
             self.scheduler.finish(seq, "abort")
+            self.pooler.drop(seq)
         return request.make_output()
 
     def has_unfinished_requests(self) -> bool:
@@ -162,9 +172,16 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             return []
+        starts = {id(s): s.seq.num_computed_tokens for s in sched.scheduled}  # chunk starts, for the pooler
         result = self.runner.execute(sched.scheduled)
         sampled = self.scheduler.update(sched.scheduled, result.sampled, result.token_ids, result.logprobs)
-        return self.outputs.process(sampled)
+        outputs = self.outputs.process(sampled)
+        for s, rows in result.pooled:  # embedding requests: fold the chunk in; finished ones answer now
+            vector = self.pooler.add(s.seq, starts[id(s)], rows)
+            if vector is not None:
+                self.scheduler.finish(s.seq, "stop")
+                outputs.append(self.outputs.embedded(s.seq, vector))
+        return outputs
 
     def stats(self) -> EngineStats:
         bm = self.block_manager

@@ -53,6 +53,13 @@ class OutputProcessor:
                 del self.requests[request.request_id]
         return outputs
 
+    def embedded(self, seq: Sequence, vector: list[float]) -> RequestOutput:
+        """The final output of an embedding request (its sequence already finished)."""
+        request = self.requests.pop(seq.request_id)
+        output = request.make_output()
+        output.embedding = vector
+        return output
+
     def _add_token(self, choice: ChoiceState, token: int, lp: TokenLogprobData | None, is_text: bool) -> None:
         seq = choice.seq
         choice.new_token_ids.append(token)

@@ -7,7 +7,7 @@ attention backend can handle them in one call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -26,6 +26,7 @@ class StepResult:
     sampled: list[ScheduledSeq]
     token_ids: list[int]
     logprobs: list[tuple[float, list[int], list[float]]] | None  # (sampled logprob, top ids, top logprobs)
+    pooled: list[tuple[ScheduledSeq, torch.Tensor]] = field(default_factory=list)  # embedding rows (final norm)
 
 
 class ModelRunner:
@@ -56,11 +57,31 @@ class ModelRunner:
         pos = np.arange(start, end)
         return np.asarray(block_table, dtype=np.int64)[pos // self.block_size] * self.block_size + pos % self.block_size
 
+    @staticmethod
+    def _split(scheduled: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], list[ScheduledSeq]]:
+        """(decodes, prefill chunks): the flat batch holds them in this order."""
+        decodes = [s for s in scheduled if s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0]
+        prefills = [s for s in scheduled if not (s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0)]
+        return decodes, prefills
+
+    def _pool_rows(self, scheduled: list[ScheduledSeq]) -> tuple[list[tuple[ScheduledSeq, int, int]], list[int]]:
+        """For embedding requests: (scheduled seq, first row in the hidden output, rows) and the flat rows."""
+        decodes, prefills = self._split(scheduled)
+        spans, rows, flat = [], [], 0
+        for s in decodes + prefills:
+            if s.pools:
+                wanted = (
+                    range(flat, flat + s.num_new_tokens) if s.seq.pooling == "mean" else [flat + s.num_new_tokens - 1]
+                )
+                spans.append((s, len(rows), len(wanted)))
+                rows.extend(wanted)
+            flat += s.num_new_tokens
+        return spans, rows
+
     def prepare(
         self, scheduled: list[ScheduledSeq]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor, list[ScheduledSeq]]:
-        decodes = [s for s in scheduled if s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0]
-        prefills = [s for s in scheduled if not (s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0)]
+        decodes, prefills = self._split(scheduled)
         ordered = decodes + prefills
         ids, pos, slots, logits_idx, sampled = [], [], [], [], []
         flat = 0
@@ -101,9 +122,18 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> StepResult:
         input_ids, positions, meta, logits_indices, sampled = self.prepare(scheduled)
-        logits = self.forward(input_ids, positions, self.kv_caches, meta, self.attn_fn, logits_indices)
+        spans, rows = self._pool_rows(scheduled)
+        if rows:
+            hidden_rows = self._tensor(np.asarray(rows, dtype=np.int64))
+            logits, hidden = self.forward(
+                input_ids, positions, self.kv_caches, meta, self.attn_fn, logits_indices, hidden_rows
+            )
+            pooled = [(s, hidden[start : start + n].cpu()) for s, start, n in spans]
+        else:
+            logits = self.forward(input_ids, positions, self.kv_caches, meta, self.attn_fn, logits_indices)
+            pooled = []
         if not sampled:
-            return StepResult([], [], None)
+            return StepResult([], [], None, pooled)
         rows = [
             SamplingRow(
                 params=s.seq.params,
@@ -119,7 +149,7 @@ class ModelRunner:
             allowed = allowed.to(self.device, non_blocking=True)
         batch = SamplingBatch.build(rows, self.vocab_size, self.device, allowed_mask=allowed)
         out: SamplerOutput = self.sampler(logits[:, : self.vocab_size], batch)
-        return StepResult(sampled, out.token_ids.tolist(), self._logprobs_to_host(out, sampled))
+        return StepResult(sampled, out.token_ids.tolist(), self._logprobs_to_host(out, sampled), pooled)
 
     @staticmethod
     def _logprobs_to_host(out: SamplerOutput, sampled: list[ScheduledSeq]):

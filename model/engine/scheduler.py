@@ -28,9 +28,19 @@ class ScheduledSeq:
     num_new_tokens: int
 
     @property
-    def samples(self) -> bool:
-        """True when this chunk reaches the end of the sequence, so its last logits give a token."""
+    def completes(self) -> bool:
+        """True when this chunk reaches the end of the sequence."""
         return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq.token_ids)
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk's last logits give a token (never for an embedding request)."""
+        return self.completes and self.seq.pooling is None
+
+    @property
+    def pools(self) -> bool:
+        """True when this chunk's hidden states feed an embedding (every chunk for the mean)."""
+        return self.seq.pooling == "mean" or (self.seq.pooling is not None and self.completes)
 
 
 @dataclass
@@ -95,7 +105,7 @@ class Scheduler:
         # in a step that had to preempt: blocks are short.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.num_preempted:
             seq = self.waiting[0]
-            if not seq.block_table:
+            if not seq.block_table and seq.pooling != "mean":  # a mean needs every row computed
                 self.blocks.allocate_cached_prefix(seq)
                 if seq.num_preemptions == 0:
                     seq.num_cached_tokens = seq.num_computed_tokens

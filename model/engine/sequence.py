@@ -42,6 +42,7 @@ class Sequence:
     first_token_time: float | None = None
     first_scheduled_time: float | None = None  # when its first prefill chunk was scheduled
     grammar: ChoiceGrammar | None = None  # the choice's structured-output matcher, if constrained
+    pooling: str | None = None  # an embedding request ("last" | "mean"): prompt only, pooled (engine/pooling.py)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -85,7 +85,8 @@ class CpuDecoder:
         meta: AttentionMetadata,
         attn_fn: object,
         logits_indices: torch.Tensor,
-    ) -> torch.Tensor:
+        hidden_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         del attn_fn  # attention is this decoder's own
         k = self.kernels
         x = F.embedding(input_ids, self.embed)
@@ -96,8 +97,10 @@ class CpuDecoder:
         else:
             for layer, cache in zip(self.layers, kv_caches):
                 x = self._layer(x, layer, cache, cos, sin, meta)
-        h = k.rms_norm(x[logits_indices].contiguous(), self.final_norm, self.eps)
-        return self.lm_head(h).float()
+        logits = self.lm_head(k.rms_norm(x[logits_indices].contiguous(), self.final_norm, self.eps)).float()
+        if hidden_rows is None:
+            return logits
+        return logits, k.rms_norm(x[hidden_rows].contiguous(), self.final_norm, self.eps)
 
     def _layer(self, x, layer, cache, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
         """One layer, op for op what DecoderPlan.decode does, with the prefill chunks' attention added."""

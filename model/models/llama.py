@@ -128,14 +128,18 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
         attn_fn: AttentionFn,
         logits_indices: torch.Tensor,
-    ) -> torch.Tensor:
-        """Flat batch in, logits [len(logits_indices), vocab] out (float32)."""
+        hidden_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Flat batch in, logits [len(logits_indices), vocab] out (float32); with `hidden_rows` also the
+        final-norm hidden states of those rows (float32), for embeddings."""
         x = self.model.embed_tokens(input_ids)
         cos_sin = self.model.rotary.cos_sin(positions, x.dtype)
         for layer, cache in zip(self.model.layers, kv_caches):
             x = layer(x, cos_sin, cache, meta, attn_fn)
-        x = self.model.norm(x[logits_indices])
-        return self.lm_head(x).float()
+        logits = self.lm_head(self.model.norm(x[logits_indices])).float()
+        if hidden_rows is None:
+            return logits
+        return logits, self.model.norm(x[hidden_rows]).float()
 
     def _shard_slice(self, fused: str, shard: int) -> tuple[int, int]:
         cfg = self.config
