@@ -28,6 +28,7 @@ def bounded(cast: Callable[[str], N], expected: str, ok: Callable[[N], bool]) ->
 
 positive_int = bounded(int, "a positive integer", lambda v: v >= 1)
 port = bounded(int, "a port number between 0 and 65535", lambda v: 0 <= v <= 65535)
+positive_float = bounded(float, "a positive number", lambda v: 0.0 < v < math.inf)
 fraction = bounded(float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 seconds = bounded(float, "a number of seconds >= 0", lambda v: 0.0 <= v < math.inf)
 

@@ -1,8 +1,9 @@
 """Bearer API keys: deny by default, constant-time comparison.
 
-With at least one key configured, every HTTP route except the public ones (/health, /version) needs
-`Authorization: Bearer <key>`; a missing or wrong key is a 401 in the OpenAI envelope. Pure ASGI (no
-BaseHTTPMiddleware), so streaming responses and disconnect detection are untouched.
+With at least one key configured, every HTTP route except the public ones (/health, /version and the
+chat page's files, app/webui: /, /webui/chat.js, /webui/chat.css) needs `Authorization: Bearer <key>`;
+a missing or wrong key is a 401 in the OpenAI envelope. Pure ASGI (no BaseHTTPMiddleware), so
+streaming responses and disconnect detection are untouched.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import hmac
 from typing import Any, Iterable
 
 from .errors import INVALID_REQUEST, send_error
+from .webui import PAGE_PATHS
 
-PUBLIC_PATHS = frozenset({"/health", "/version"})
+PUBLIC_PATHS = frozenset({"/health", "/version"}) | PAGE_PATHS  # the page loads without a key, its API calls don't
 
 
 def key_matches(provided: str, keys: Iterable[bytes]) -> bool:

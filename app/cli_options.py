@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from .arg_types import choice, device, fraction, parse_bool, parse_size, port, positive_int, seconds
+from .arg_types import choice, device, fraction, parse_bool, parse_size, port, positive_float, positive_int, seconds
 
 DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # the embedded model's name (also what the engine reports)
 
@@ -95,6 +95,15 @@ OPTIONS: list[Option] = [
         "call, paged attention reading the cache in place), else torch SDPA; sdpa: torch's path always; "
         "torch_ref: the per-sequence reference math (slow, for checks)",
     ),
+    Option("--ray", "ray", parse_bool, "serve on Ray Serve: replicas of the whole server behind Ray's proxy", "bool"),
+    Option("--num-replicas", "num_replicas", positive_int, "--ray: engine replicas"),
+    Option(
+        "--ray-address", "ray_address", str, "--ray: the Ray cluster to join (default: a local one)", metavar="ADDR"
+    ),
+    Option(
+        "--ray-cpus-per-replica", "ray_cpus_per_replica", positive_float, "--ray: CPUs (and torch threads) per replica"
+    ),
+    Option("--ray-max-replicas", "ray_max_replicas", positive_int, "--ray: autoscale up to N replicas on queue depth"),
     Option(
         "--embedding-pooling",
         "embedding_pooling",
@@ -166,6 +175,7 @@ OPTIONS: list[Option] = [
         "put the prompt (text or token ids) into each request's log line; off by default, prompts may be private",
         "bool",
     ),
+    Option("--webui", "webui", parse_bool, "serve the built-in chat page at / (--no-webui: / is a 404)", "bool"),
     Option(
         "--log-stats-interval",
         "log_stats_interval",

@@ -90,6 +90,10 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     app.state.tokenizing = TokenizeServing(state)
     install_error_handlers(app)
     app.include_router(router)
+    if settings.webui:
+        from .webui import install_webui
+
+        install_webui(app)
     # Added last = outermost: the request log (ids, status counts), the header limits, CORS, API keys, the
     # body size limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -177,7 +181,12 @@ def cli(argv: list[str] | None = None) -> int:
     from .logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    code = serve(settings)
+    if settings.ray:
+        from .ray_serve import run
+
+        code = run(settings, create_app)
+    else:
+        code = serve(settings)
     # The server is done and every log line is written: skip the interpreter's teardown, which takes
     # a second or two with torch loaded and would count against a container's stop timeout.
     logging.shutdown()

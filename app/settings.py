@@ -51,11 +51,17 @@ class Settings:
     log_format: str = "text"  # text | json (one JSON object per line)
     log_prompts: bool = False  # put prompt text into the per-request log lines
     log_stats_interval: float = 5.0  # seconds between engine-stats lines while busy; 0: off
+    ray: bool = False  # serve on Ray Serve (app/ray_serve.py) instead of one uvicorn process
+    num_replicas: int = 1  # Ray Serve replicas (each one engine)
+    ray_address: str | None = None  # an existing Ray cluster (default: start a local one)
+    ray_cpus_per_replica: float = 1.0
+    ray_max_replicas: int | None = None  # > num_replicas: autoscale on ongoing requests per replica
     embedding_pooling: str = "last"  # /v1/embeddings: last | mean (of the final-norm hidden states)
     responses_store: bool = True  # keep /v1/responses results (OpenAI's store=true) for GET and previous_response_id
     responses_store_size: int = 1000  # responses kept at most (the oldest goes first)
     responses_store_ttl: float = 3600.0  # seconds a stored response is kept
     shutdown_timeout: float = 8.0  # seconds in-flight requests may take to finish after SIGTERM
+    webui: bool = True  # serve the built-in chat page at / (app/webui)
 
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these settings ask for (ValueError on a bad combination)."""
