@@ -45,6 +45,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     from .errors import install_error_handlers
     from .limits import BodySizeLimitMiddleware, HeaderLimitMiddleware
     from .logs import RequestLogMiddleware, log_engine_stats
+    from .paths import CollapseSlashesMiddleware
     from .routes import router
     from .serving.chat import ChatServing
     from .serving.completions import CompletionServing
@@ -116,6 +117,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
         count_http=state.metrics.count_http,
         known_paths=[r.path for r in app.routes if "{" not in getattr(r, "path", "{")],
     )
+    app.add_middleware(CollapseSlashesMiddleware)  # outermost: `//v1//models` routes (and logs) as /v1/models
     return app
 
 

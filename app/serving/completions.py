@@ -2,7 +2,8 @@
 
 Each prompt is one engine request (all `n` choices of it in one stream); the prompts run
 concurrently and choice `index` = prompt_index * n + choice. Usage: every prompt's tokens once,
-every choice's generated tokens.
+every choice's generated tokens. A `suffix` makes each prompt a fill-in-the-middle prompt (serving/fim.py)
+where the model has FIM tokens, else it is a 400.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from model import RequestOutput, SamplingParams
+from model import AsyncEngine, RequestOutput, SamplingParams
 
 from ..errors import bad_request
 from ..protocol import MAX_CHOICES, CompletionRequest
 from ..responses import SSE_DONE, completion_id, now, sse_frame, usage
 from .base import Serving
+from .fim import FimTokens, encode_fim_prompts, find_fim_tokens, require_fim
 from .logprobs import finish_reason
 from .prompts import encode_prompts, normalize_prompts
 from .sse import SSEResponse, error_frame
 from .streams import merge_streams
-from .validation import check_common
+from .validation import check_common, check_text
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -35,8 +37,10 @@ class CompletionServing(Serving):
         model_name = state.resolve_model(req.model)
         check_common(req)
         prompts = normalize_prompts(req.prompt)
-        if req.suffix:
-            raise bad_request("'suffix' is not supported", "suffix")
+        fim = None
+        if req.suffix:  # "" or null: no suffix
+            check_text(req.suffix, "suffix")
+            fim = require_fim(self._fim_tokens(engine))
         if req.echo and req.logprobs is not None:
             raise bad_request(
                 "'echo' together with 'logprobs' needs prompt logprobs, which are not supported yet", "echo"
@@ -51,7 +55,10 @@ class CompletionServing(Serving):
         request_id = completion_id()
         state.admission.acquire()
         try:
-            prepared = await asyncio.to_thread(encode_prompts, engine, prompts, req.echo)
+            if fim is not None:
+                prepared = await asyncio.to_thread(encode_fim_prompts, engine, fim, prompts, req.suffix, req.echo)
+            else:
+                prepared = await asyncio.to_thread(encode_prompts, engine, prompts, req.echo)
             streams = await self.submit(
                 engine, [(f"{request_id}-{i}", ids) for i, (ids, _) in enumerate(prepared)], params, "prompt"
             )
@@ -69,6 +76,12 @@ class CompletionServing(Serving):
         if finals is None:
             return Response(status_code=499)
         return JSONResponse(self._response(finals, request_id, created, model_name, params, prepared, req))
+
+    def _fim_tokens(self, engine: AsyncEngine) -> FimTokens | None:
+        """The model's fill-in-the-middle tokens, looked up once."""
+        if not hasattr(self, "_fim"):
+            self._fim = find_fim_tokens(engine)
+        return self._fim
 
     def _response(
         self,
