@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "model",
-        nargs="?",
-        default=None,
+        nargs="*",
+        default=[],
         metavar="MODEL",
-        help=f"model directory or .gguf file [env: {ENV_PREFIX}MODEL]",
+        help="model directory or .gguf file; several: one engine each, routed by the request's 'model' "
+        f"(one --served-model-name per model) [env: {ENV_PREFIX}MODEL]",
     )
     for opt in _OPTIONS:
         text = opt.help + f" [env: {env_name(opt.flag)}]"
@@ -135,15 +136,23 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         value = _from_env(serve_parser, opt, env) if value is None else value
         if value is not None:
             given[opt.dest] = value
-    model = args.model if args.model is not None else (env.get(ENV_PREFIX + "MODEL") or None)
-    if model is not None:
-        model = os.path.expanduser(model)
+    models = list(args.model) or ([env[ENV_PREFIX + "MODEL"]] if env.get(ENV_PREFIX + "MODEL") else [])
+    for i, model in enumerate(models):
+        model = models[i] = os.path.expanduser(model)
         if not os.path.exists(model):
             serve_parser.error(f"model path {model!r} does not exist (kvserve loads local files only)")
         if model.endswith(PICKLE_SUFFIXES):
             serve_parser.error(
                 f"model {model!r}: pickle checkpoints are refused (they can run code); use safetensors or GGUF"
             )
+    names = given.get("served_model_names") or []
+    if len(models) > 1 and names and len(names) != len(models):
+        serve_parser.error(
+            f"{len(models)} models need {len(models)} --served-model-name flags (one each), got {len(names)}"
+        )
+    if len(models) > 1 and given.get("ray"):
+        serve_parser.error("--ray serves one model per application; start one per model")
+    model = models[0] if models else None
     template_path = given.get("chat_template_path")
     template = _read_template(serve_parser, template_path) if template_path is not None else None
     if "allowed_origins" in given:
@@ -153,4 +162,4 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     from .settings import Settings
 
     # Every value was checked by its flag's type; EngineConfig checks them again when the engine is built.
-    return Settings(model=model, chat_template=template, **given)
+    return Settings(model=model, extra_models=models[1:], chat_template=template, **given)

@@ -42,10 +42,12 @@ async def metrics(request: Request) -> Response:
 
 
 def _cards(state: ServerState) -> list[dict]:
-    engine = state.ready_engine()
-    root = engine.model_path
-    max_len = engine.runtime.max_model_len
-    return [model_card(name, state.created, root, max_len) for name in state.served_names]
+    state.ready_engine()
+    cards = []
+    for name in state.served_names:
+        engine = state.engines[name]
+        cards.append(model_card(name, state.created, engine.model_path, engine.runtime.max_model_len))
+    return cards
 
 
 @router.get("/v1/models")

@@ -25,6 +25,7 @@ def _engine(name: str) -> Any:
 @dataclass
 class Settings:
     model: str | None = _engine("model")  # None: the embedded default model
+    extra_models: list[str] = field(default_factory=list)  # more MODEL arguments: one engine each
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = field(default_factory=list)
@@ -63,9 +64,12 @@ class Settings:
     shutdown_timeout: float = 8.0  # seconds in-flight requests may take to finish after SIGTERM
     webui: bool = True  # serve the built-in chat page at / (app/webui)
 
-    def engine_config(self) -> EngineConfig:
-        """The EngineConfig these settings ask for (ValueError on a bad combination)."""
+    def engine_config(self, model: str | None = None) -> EngineConfig:
+        """The EngineConfig these settings ask for, for `model` (default: the first MODEL); ValueError on a
+        bad combination."""
         values = {name: getattr(self, name) for name in ENGINE_FIELDS}
+        if model is not None:
+            values["model"] = model
         values["quantization"] = None if self.quantization == "none" else self.quantization
         return EngineConfig(**values)
 

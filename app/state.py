@@ -62,7 +62,8 @@ async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 class ServerState:
     def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
         self.settings = settings
-        self.engine: AsyncEngine | None = None
+        self.engine: AsyncEngine | None = None  # the first model's (its names come first in served_names)
+        self.engines: dict[str, AsyncEngine] = {}  # every served name -> its engine (several models: one each)
         self.phase = Phase.LOADING
         self.load_error: str | None = None  # why the model did not load (Phase.FAILED), for the log
         self.admission = Admission(settings.max_queue)
@@ -84,11 +85,26 @@ class ServerState:
         return self.served_names[0] if self.served_names else None
 
     def engine_stats(self) -> EngineStats | None:
-        """The engine's latest stats snapshot; None while loading."""
+        """The first engine's latest stats snapshot; None while loading."""
         return self.engine.stats() if self.engine is not None else None
 
-    def _set_engine(self, engine: AsyncEngine) -> None:
-        self.served_names = list(self.settings.served_model_names) or [engine.served_name]
+    @property
+    def all_engines(self) -> list[AsyncEngine]:
+        return list({id(e): e for e in self.engines.values()}.values())
+
+    def _set_engine(self, engine: AsyncEngine, extra: list[AsyncEngine] | None = None) -> None:
+        """The engines in model order; one name per model when there are several (else the names are aliases)."""
+        engines = [engine, *(extra or [])]
+        names = list(self.settings.served_model_names)
+        if len(engines) == 1:
+            named = [(n, engine) for n in names or [engine.served_name]]
+        else:
+            named = list(zip(names or [e.served_name for e in engines], engines))
+        if len({n for n, _ in named}) != len(named):
+            raise ValueError(f"two models are served under one name ({', '.join(n for n, _ in named)}); "
+                             "give each model its own --served-model-name")  # fmt: skip
+        self.served_names = [n for n, _ in named]
+        self.engines = dict(named)
         self.metrics.bind_model(self.served_names[0])
         self.engine = engine
         self._advance(Phase.SERVING)
@@ -113,18 +129,22 @@ class ServerState:
         what = s.model or "the embedded SmolLM2-135M-Instruct"
         log.info("loading %s (dtype %s, device %s) ...", what, s.dtype, s.device)
         t0 = time.monotonic()
+        loaded: list[AsyncEngine] = []
         try:
-            engine = await _in_daemon_thread(AsyncEngine, s.engine_config())
-            engine.start()
+            for path in [s.model, *s.extra_models]:  # one engine per model, loaded one after the other
+                loaded.append(await _in_daemon_thread(AsyncEngine, s.engine_config(path)))
+                loaded[-1].start()
+            self._set_engine(loaded[0], loaded[1:])
         except Exception as exc:  # noqa: BLE001 - any load failure ends the server with one clear line
+            for engine in loaded:
+                engine.shutdown()
             self.load_error = str(exc) or type(exc).__name__
             self._advance(Phase.FAILED)
             log.error("cannot load the model: %s", self.load_error)
             if self.on_fatal is not None:
                 self.on_fatal()
             return
-        self._set_engine(engine)
-        rt = engine.runtime
+        rt = loaded[0].runtime
         log.info(
             "model ready in %.1fs: %s, max_model_len %d, %d KV blocks of %d tokens",
             time.monotonic() - t0,
@@ -136,7 +156,7 @@ class ServerState:
         while self.is_started is not None and not self.is_started():
             await asyncio.sleep(0.05)
         auth = " (API key required)" if s.api_keys else ""
-        log.info("serving %s at http://%s:%d/v1%s", self.model_name, s.host, s.port, auth)
+        log.info("serving %s at http://%s:%d/v1%s", ", ".join(self.served_names), s.host, s.port, auth)
 
     async def drain(self, timeout: float) -> None:
         """After SIGTERM: let generation requests in flight finish for up to `timeout` seconds (or until a
@@ -160,7 +180,7 @@ class ServerState:
         if admission.in_flight:
             hurried = self.phase is Phase.ABORTING  # only a second signal moves it there during the wait
             self._advance(Phase.ABORTING)
-            aborted = self.engine.abort_all("the server is shutting down") if self.engine is not None else 0
+            aborted = sum(e.abort_all("the server is shutting down") for e in self.all_engines)
             log.warning(
                 "shutdown: %s; aborted %d engine request(s) of %d HTTP request(s) still running",
                 "second signal" if hurried else f"timeout of {timeout:g}s reached",
@@ -176,8 +196,8 @@ class ServerState:
     def shutdown(self) -> None:
         """Stop the engine thread (blocks up to its join timeout: call it off the event loop)."""
         self._advance(Phase.STOPPED)
-        if self.engine is not None:
-            self.engine.shutdown()
+        for engine in self.all_engines:
+            engine.shutdown()
 
     # ---- per request -----------------------------------------------------------------------------
 
@@ -186,7 +206,7 @@ class ServerState:
             return APIError(503, "the model failed to load; see the server log", UNAVAILABLE, None, "load_failed")
         if self.engine is None:
             return APIError(503, "the model is still loading", UNAVAILABLE, None, "model_loading", {"Retry-After": "2"})
-        if self.engine.is_dead:
+        if any(e.is_dead for e in self.all_engines):
             return APIError(
                 503, "the engine stopped after an internal error; restart the server", UNAVAILABLE, None, "engine_dead"
             )
@@ -194,13 +214,14 @@ class ServerState:
             return APIError(503, "the server is shutting down", UNAVAILABLE, None, "draining")
         return None
 
-    def ready_engine(self) -> AsyncEngine:
-        """The engine, or a 503 while loading, draining or after engine death."""
+    def ready_engine(self, model: str | None = None) -> AsyncEngine:
+        """The engine serving `model` (a request's `model` field; empty: the first), or a 503 while loading,
+        draining or after engine death, or a 404 for a name this server does not serve."""
         err = self.health_error()
         if err is not None:
             raise err
         assert self.engine is not None
-        return self.engine
+        return self.engines[self.resolve_model(model)] if model else self.engine
 
     def resolve_model(self, name: str | None) -> str:
         """The name to echo in responses; 404 model_not_found for a name this server does not serve."""

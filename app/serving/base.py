@@ -56,7 +56,7 @@ class Serving:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._formatters: dict[bool, LogprobFormatter] = {}
+        self._formatters: dict[tuple[int, bool], LogprobFormatter] = {}
 
     def request_info(self, raw: Request, completion_id: str, stream: bool, prompt: Any) -> RequestInfo | None:
         """The request log's record of this request, filled in with what the serving class knows."""
@@ -112,9 +112,12 @@ class Serving:
         finally:
             await gen.aclose()
 
-    def formatter(self, as_token_ids: bool) -> LogprobFormatter:
-        fmt = self._formatters.get(as_token_ids)
+    def formatter(self, as_token_ids: bool, model_name: str | None = None) -> LogprobFormatter:
+        """The logprob formatter of the engine serving `model_name` (default: the first)."""
+        engine = self.state.engines.get(model_name or "") or self.state.engine
+        assert engine is not None
+        key = (id(engine), as_token_ids)
+        fmt = self._formatters.get(key)
         if fmt is None:
-            assert self.state.engine is not None
-            fmt = self._formatters[as_token_ids] = LogprobFormatter(self.state.engine.tokenizer, as_token_ids)
+            fmt = self._formatters[key] = LogprobFormatter(engine.tokenizer, as_token_ids)
         return fmt

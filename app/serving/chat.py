@@ -31,7 +31,7 @@ from .validation import check_common
 class ChatServing(Serving):
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Response:
         state = self.state
-        engine = state.ready_engine()
+        engine = state.ready_engine(req.model)
         model_name = state.resolve_model(req.model)
         if req.chat_template is not None:
             raise bad_request(
@@ -81,7 +81,7 @@ class ChatServing(Serving):
         req: ChatCompletionRequest,
         parse_tools: bool = False,
     ) -> dict:
-        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        fmt = self.formatter(req.return_tokens_as_token_ids, model_name) if params.logprobs is not None else None
         choices = []
         completion_tokens = 0
         for c in out.outputs:
@@ -122,7 +122,7 @@ class ChatServing(Serving):
         include_usage: bool,
         parse_tools: bool = False,
     ) -> AsyncIterator[bytes]:
-        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        fmt = self.formatter(req.return_tokens_as_token_ids, model_name) if params.logprobs is not None else None
         head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
         extra = {"usage": None} if include_usage else {}
         done = [False] * params.n

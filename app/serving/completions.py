@@ -33,7 +33,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 class CompletionServing(Serving):
     async def create(self, req: CompletionRequest, raw: Request) -> Response:
         state = self.state
-        engine = state.ready_engine()
+        engine = state.ready_engine(req.model)
         model_name = state.resolve_model(req.model)
         check_common(req)
         prompts = normalize_prompts(req.prompt)
@@ -93,7 +93,7 @@ class CompletionServing(Serving):
         prepared: list[tuple[list[int], str]],
         req: CompletionRequest,
     ) -> dict:
-        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        fmt = self.formatter(req.return_tokens_as_token_ids, model_name) if params.logprobs is not None else None
         choices = []
         prompt_tokens = completion_tokens = 0
         for pi, out in enumerate(finals):
@@ -134,7 +134,7 @@ class CompletionServing(Serving):
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
         n = params.n
-        fmt = self.formatter(req.return_tokens_as_token_ids) if params.logprobs is not None else None
+        fmt = self.formatter(req.return_tokens_as_token_ids, model_name) if params.logprobs is not None else None
         num_choices = len(prepared) * n
         done = [False] * num_choices
         echo_pending = [req.echo] * num_choices

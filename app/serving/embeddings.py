@@ -43,7 +43,7 @@ def _encoded(vector: list[float], encoding_format: str) -> list[float] | str:
 class EmbeddingServing(Serving):
     async def create(self, req: EmbeddingRequest, raw: Request) -> Response:
         state = self.state
-        engine = state.ready_engine()
+        engine = state.ready_engine(req.model)
         model_name = state.resolve_model(req.model)
         if req.encoding_format not in ("float", "base64"):
             raise bad_request("'encoding_format' must be 'float' or 'base64'", "encoding_format")

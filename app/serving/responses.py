@@ -79,7 +79,7 @@ def not_found(response_id: str, param: str | None = None, status: int = 404) -> 
 class ResponsesServing(Serving):
     async def create(self, req: ResponsesRequest, raw: Request) -> Response:
         state = self.state
-        engine = state.ready_engine()
+        engine = state.ready_engine(req.model)
         model_name = state.resolve_model(req.model)
         store = state.responses
         prior: list[dict[str, Any]] = []

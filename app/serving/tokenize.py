@@ -20,8 +20,7 @@ from .validation import check_text, check_token_ids
 
 class TokenizeServing(Serving):
     async def tokenize(self, req: TokenizeRequest) -> JSONResponse:
-        engine = self.state.ready_engine()
-        self.state.resolve_model(req.model)
+        engine = self.state.ready_engine(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("send exactly one of 'prompt' or 'messages'", "prompt")
         if req.messages is not None:
@@ -41,8 +40,7 @@ class TokenizeServing(Serving):
         )
 
     async def detokenize(self, req: DetokenizeRequest) -> JSONResponse:
-        engine = self.state.ready_engine()
-        self.state.resolve_model(req.model)
+        engine = self.state.ready_engine(req.model)
         check_token_ids(req.tokens, engine.runtime.vocab_size, "tokens")
         text = await asyncio.to_thread(engine.tokenizer.decode, req.tokens, False)
         return JSONResponse({"prompt": text})
