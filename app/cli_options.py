@@ -25,7 +25,8 @@ OPTIONS: list[Option] = [
         "--api-key",
         "api_keys",
         str,
-        "require 'Authorization: Bearer KEY' on every route except /health and /version; repeat the flag "
+        "require 'Authorization: Bearer KEY' on every route except /health, /version and the chat page's "
+        "files; repeat the flag "
         "for several keys (env: comma-separated)",
         "many",
         "KEY",
