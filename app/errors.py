@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from model.errors import ContextLengthError, EngineDeadError, InvalidParamError, RequestAbortedError
+from model.errors import ContextLengthError, EngineDeadError, InvalidParamError, RequestAbortedError, StepFailedError
 
 log = logging.getLogger("kvserve.app")
 
@@ -83,6 +83,11 @@ def api_error_of(exc: BaseException) -> APIError:
         return APIError(
             503, "the server shut down before the request finished; retry it", UNAVAILABLE, None, "shutdown_timeout"
         )
+    if isinstance(exc, StepFailedError):
+        return APIError(
+            500, "the engine step running this request failed; the request was aborted, retry it", SERVER_ERROR,
+            None, "engine_step_failed",
+        )  # fmt: skip
     if isinstance(exc, EngineDeadError):
         return APIError(
             503, "the engine stopped after an internal error; restart the server", UNAVAILABLE, None, "engine_dead"
@@ -164,7 +169,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _engine_error(_request: Request, exc: Exception) -> Response:
         return api_error_response(api_error_of(exc))
 
-    for kind in (InvalidParamError, EngineDeadError, RequestAbortedError):  # ContextLengthError: a subclass
+    for kind in (
+        InvalidParamError,
+        EngineDeadError,
+        RequestAbortedError,
+        StepFailedError,
+    ):  # ContextLengthError: a subclass
         app.add_exception_handler(kind, _engine_error)
 
     @app.exception_handler(RequestValidationError)

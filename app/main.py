@@ -169,6 +169,8 @@ def serve(settings: "Settings") -> int:
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     state.is_started = lambda: server.started
     server.run()
+    if state.engine_died:
+        return 1
     return 2 if state.phase is Phase.FAILED else 0
 
 

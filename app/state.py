@@ -76,6 +76,7 @@ class ServerState:
             else None
         )
         self.on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
+        self.engine_died = False  # an engine thread died: the server exits (status 1) for a restart
         self.is_started: Callable[[], bool] | None = None  # set by the CLI: uvicorn is listening
         if engine is not None:
             self._set_engine(engine)
@@ -131,8 +132,10 @@ class ServerState:
         t0 = time.monotonic()
         loaded: list[AsyncEngine] = []
         try:
+            loop = asyncio.get_running_loop()
             for path in [s.model, *s.extra_models]:  # one engine per model, loaded one after the other
                 loaded.append(await _in_daemon_thread(AsyncEngine, s.engine_config(path)))
+                loaded[-1].on_dead = lambda: loop.call_soon_threadsafe(self._engine_dead)
                 loaded[-1].start()
             self._set_engine(loaded[0], loaded[1:])
         except Exception as exc:  # noqa: BLE001 - any load failure ends the server with one clear line
@@ -157,6 +160,13 @@ class ServerState:
             await asyncio.sleep(0.05)
         auth = " (API key required)" if s.api_keys else ""
         log.info("serving %s at http://%s:%d/v1%s", ", ".join(self.served_names), s.host, s.port, auth)
+
+    def _engine_dead(self) -> None:
+        """An engine died (its waiters already have their answer): /health is 503; the server exits."""
+        self.engine_died = True
+        log.error("the engine died; the server exits so that it can be restarted")
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def drain(self, timeout: float) -> None:
         """After SIGTERM: let generation requests in flight finish for up to `timeout` seconds (or until a

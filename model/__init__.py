@@ -25,6 +25,7 @@ _EXPORTS = {
     "EngineStats": ".engine.stats",
     "ContextLengthError": ".errors",
     "EngineDeadError": ".errors",
+    "StepFailedError": ".errors",
     "InvalidParamError": ".errors",
     "ModelLoadError": ".errors",
     "RequestAbortedError": ".errors",
@@ -51,6 +52,7 @@ __all__ = [
     "ContextLengthError",
     "EngineConfig",
     "EngineDeadError",
+    "StepFailedError",
     "EngineStats",
     "InvalidParamError",
     "LLM",
@@ -91,7 +93,14 @@ if TYPE_CHECKING:
     from .engine.llm_engine import LLMEngine
     from .engine.runtime import RuntimeInfo
     from .engine.stats import EngineStats
-    from .errors import ContextLengthError, EngineDeadError, InvalidParamError, ModelLoadError, RequestAbortedError
+    from .errors import (
+        ContextLengthError,
+        EngineDeadError,
+        InvalidParamError,
+        ModelLoadError,
+        RequestAbortedError,
+        StepFailedError,
+    )
     from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs
     from .sampling_params import SamplingParams
     from .structured.spec import StructuredOutputs

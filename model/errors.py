@@ -5,6 +5,8 @@
 - `ContextLengthError(InvalidParamError)`: prompt + max_tokens does not fit the context window.
 - `ModelLoadError`: a model file is missing, truncated, malformed or unsupported (the message names it).
 - `EngineDeadError`: the engine thread stopped after an internal error.
+- `StepFailedError`: one engine step raised; only the requests in that step were aborted (`.request_ids`),
+  the engine goes on serving the others.
 - `RequestAbortedError`: the server ended the request (e.g. at the end of a shutdown drain).
 """
 
@@ -49,8 +51,23 @@ class EngineDeadError(RuntimeError):
     """The engine thread stopped after an internal error; the server must be restarted."""
 
 
+class StepFailedError(RuntimeError):
+    """The forward pass of one step raised: its requests were aborted (blocks freed), the engine lives on."""
+
+    def __init__(self, request_ids: list[str], cause: BaseException) -> None:
+        super().__init__(f"an engine step failed ({type(cause).__name__}); its requests were aborted")
+        self.request_ids = request_ids
+
+
 class RequestAbortedError(RuntimeError):
     """The request was aborted by the server (`AsyncEngine.abort_all`, e.g. at the end of a shutdown drain)."""
 
 
-__all__ = ["InvalidParamError", "ContextLengthError", "ModelLoadError", "EngineDeadError", "RequestAbortedError"]
+__all__ = [
+    "InvalidParamError",
+    "ContextLengthError",
+    "ModelLoadError",
+    "EngineDeadError",
+    "RequestAbortedError",
+    "StepFailedError",
+]

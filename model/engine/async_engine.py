@@ -4,8 +4,10 @@ It is the only door from a server into the engine: runtime facts, the served nam
 tokenization, request submission, abort, and an immutable stats snapshot that the engine thread
 publishes after each step. The loop side puts add/abort commands into a thread-safe inbox; the engine
 thread drains it before each step and hands each step's outputs back with one `call_soon_threadsafe`.
-If a step raises, the engine is dead: every waiting request gets EngineDeadError and new ones are
-refused.
+If a step's forward pass raises, only that step's requests fail (StepFailedError, their blocks freed) and
+the engine goes on. Any other failure on the engine thread kills it: every waiting request gets
+EngineDeadError, new ones are refused, and `on_dead` (if set) is called, so a server can exit and be
+restarted by its orchestrator.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import logging
 import queue
 import threading
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, Callable, AsyncIterator
 
 from ..config import EngineConfig
-from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError
+from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError, StepFailedError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from ..structured.compiler import CompiledGrammar
@@ -82,6 +84,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stats: EngineStats = self._engine.stats()
         self.dead_error: BaseException | None = None
+        self.on_dead: Callable[[], None] | None = None  # called on the engine thread once it has died
 
     # ---- what a server may read -----------------------------------------------------------------
 
@@ -244,7 +247,12 @@ class AsyncEngine:
                     self._wakeup.wait(0.5)
                     self._wakeup.clear()
                     continue
-                outputs = self._engine.step()
+                try:
+                    outputs = self._engine.step()
+                except StepFailedError as exc:  # only that step's requests failed: answer them, go on
+                    for request_id in exc.request_ids:
+                        self._deliver_one(request_id, exc)
+                    outputs = []
                 self._stats = self._engine.stats()  # one reference swap: readers see a whole snapshot
                 if outputs:
                     self._deliver(outputs)
@@ -255,6 +263,8 @@ class AsyncEngine:
                 streams = list(self._streams)
             for request_id in streams:
                 self._deliver_one(request_id, EngineDeadError(f"the engine died: {type(exc).__name__}"))
+            if self.on_dead is not None:
+                self.on_dead()
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}

@@ -9,10 +9,11 @@ produced something (or finished) in that step.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 
 from ..config import EngineConfig
-from ..errors import InvalidParamError
+from ..errors import InvalidParamError, StepFailedError
 from ..layers.cpu_decoder import CpuDecoder
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
@@ -28,6 +29,8 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 from .stats import EngineStats
 from .validation import check_request, check_token_ids
+
+log = logging.getLogger("kvserve.engine")
 
 
 class LLMEngine:
@@ -173,7 +176,14 @@ class LLMEngine:
         if not sched.scheduled:
             return []
         starts = {id(s): s.seq.num_computed_tokens for s in sched.scheduled}  # chunk starts, for the pooler
-        result = self.runner.execute(sched.scheduled)
+        try:
+            result = self.runner.execute(sched.scheduled)
+        except Exception as exc:  # the forward pass failed: abort this step's requests, keep the engine
+            failed = sorted({s.seq.request_id for s in sched.scheduled})
+            for request_id in failed:
+                self.abort_request(request_id)
+            log.exception("engine step failed; aborted %d request(s): %s", len(failed), ", ".join(failed))
+            raise StepFailedError(failed, exc) from exc
         sampled = self.scheduler.update(sched.scheduled, result.sampled, result.token_ids, result.logprobs)
         outputs = self.outputs.process(sampled)
         for s, rows in result.pooled:  # embedding requests: fold the chunk in; finished ones answer now
