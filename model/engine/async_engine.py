@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import uuid
-from typing import Any, Callable, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from ..config import EngineConfig
 from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError, StepFailedError
