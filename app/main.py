@@ -45,6 +45,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     from .errors import install_error_handlers
     from .limits import BodySizeLimitMiddleware, HeaderLimitMiddleware
     from .logs import RequestLogMiddleware, log_engine_stats
+    from .openapi import install_openapi
     from .paths import CollapseSlashesMiddleware
     from .routes import router
     from .serving.chat import ChatServing
@@ -91,6 +92,7 @@ def create_app(settings: "Settings | None" = None, engine=None) -> "FastAPI":
     app.state.tokenizing = TokenizeServing(state)
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app)
     if settings.webui:
         from .webui import install_webui
 

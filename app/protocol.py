@@ -33,7 +33,7 @@ MAX_MESSAGES = 1024
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # "5" is not an int, false is not 0 (as OpenAI)
 
 
 class StreamOptions(_Request):
@@ -139,7 +139,9 @@ class SamplingRequest(_Request):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Any = None  # str | [str] | [int] | [[int]], checked by the serving layer for clear messages
+    prompt: Any = Field(  # str | [str] | [int] | [[int]], checked by the serving layer for clear messages
+        default=None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array"}]}
+    )
     echo: bool = False
     logprobs: int | None = None
     suffix: str | None = None

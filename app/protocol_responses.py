@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt
 
 
 class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # "5" is not an int, false is not 0 (as OpenAI)
 
     model: str | None = None
     input: str | list[Any] = ""

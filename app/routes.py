@@ -101,13 +101,11 @@ def _stored(request: Request, response_id: str) -> StoredResponse:
     return found
 
 
-@router.get("/v1/responses/{response_id}")
-async def get_response(response_id: str, request: Request) -> Response:
-    return JSONResponse(_stored(request, response_id).response)
-
-
-@router.delete("/v1/responses/{response_id}")
-async def delete_response(response_id: str, request: Request) -> Response:
+@router.api_route("/v1/responses/{response_id}", methods=["GET", "DELETE"])
+async def stored_response(response_id: str, request: Request) -> Response:
+    """GET: the stored response; DELETE: forget it (one route, so a 405 lists both methods)."""
+    if request.method == "GET":
+        return JSONResponse(_stored(request, response_id).response)
     store = _state(request).responses
     if store is None or not store.delete(response_id):
         raise not_found(response_id)

@@ -333,3 +333,17 @@ def test_build_is_cheap() -> None:
         build(rows, 49152)
     per_build = (time.perf_counter() - start) / 20
     assert per_build < 0.005, per_build  # typically ~0.1 ms; generous for a loaded CI machine
+
+
+def test_a_top_p_that_rounds_to_zero_in_float32_keeps_the_top_token():
+    """Found by schemathesis (tests/test_fuzz.py): top_p=1.9e-89 is > 0 but 0.0 as float32."""
+    import torch
+
+    from model import SamplingParams
+    from model.engine.sampling import Sampler, SamplingBatch, SamplingRow
+
+    logits = torch.tensor([[0.1, 3.0, 0.2, -1.0]])
+    params = SamplingParams(temperature=1.0, top_p=1.947000504151662e-89, seed=1)
+    row = SamplingRow(params=params, seed=1, prompt_token_ids=[1], output_token_ids=[], eos_token_ids=[])
+    out = Sampler()(logits, SamplingBatch.build([row], 4, torch.device("cpu")))
+    assert out.token_ids.tolist() == [1]

@@ -96,7 +96,8 @@ def _top_k_top_p_cut(w: torch.Tensor, cut: CutParams, mass: torch.Tensor | None)
         norm = torch.where(cut.top_k_on, norm, mass)
     cum = (kept / norm).cumsum(dim=-1)
     above = F.pad(cum[:, :-1], (1, 0))  # mass ranked strictly above each candidate
-    keep = (above < cut.top_p).sum(dim=-1, keepdim=True)  # >= 1: the top token always stays
+    # >= 1: the top token always stays (also for a top_p so small that float32 rounds it to 0)
+    keep = (above < cut.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)
     top_p = w.gather(1, keep - 1).masked_fill_(~cut.top_p_on, 0.0)
     covered = ~cut.top_p_on | cut.top_k_on | (cum[:, -1:] >= cut.top_p)  # with top-k, K >= k
     return torch.maximum(top_k, top_p), covered
