@@ -112,6 +112,12 @@ OPTIONS: list[Option] = [
         "/v1/embeddings: pool the final-norm hidden states by the last token or the mean (L2-normalized)",
     ),
     Option(
+        "--stream-send-timeout",
+        "stream_send_timeout",
+        seconds,
+        "drop a stream whose client has not taken one event for this many seconds (0: never)",
+    ),
+    Option(
         "--responses-store",
         "responses_store",
         parse_bool,

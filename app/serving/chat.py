@@ -65,7 +65,7 @@ class ChatServing(Serving):
             body = self._stream(
                 gen.outputs[0], request_id, created, model_name, params, len(ids), req, include_usage, tools.parse
             )
-            return SSEResponse(body, on_close=gen.aclose)
+            return SSEResponse(body, on_close=gen.aclose, send_timeout=self.state.settings.stream_send_timeout)
         finals = await self.final_outputs(raw, gen)
         if finals is None:
             return Response(status_code=499)

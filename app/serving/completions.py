@@ -76,7 +76,7 @@ class CompletionServing(Serving):
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = self._stream(gen.outputs, request_id, created, model_name, params, prepared, req, include_usage)
-            return SSEResponse(body, on_close=gen.aclose)
+            return SSEResponse(body, on_close=gen.aclose, send_timeout=self.state.settings.stream_send_timeout)
         finals = await self.final_outputs(raw, gen)
         if finals is None:
             return Response(status_code=499)

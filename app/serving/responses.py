@@ -115,7 +115,11 @@ class ResponsesServing(Serving):
         gen = self.generation(streams, [len(ids)], params, info)
         keep = (input_items, conversation) if store is not None and req.store is not False else None
         if req.stream:
-            return SSEResponse(self._stream(gen.outputs[0], echo, plan.parse, len(ids), keep), on_close=gen.aclose)
+            return SSEResponse(
+                self._stream(gen.outputs[0], echo, plan.parse, len(ids), keep),
+                on_close=gen.aclose,
+                send_timeout=self.state.settings.stream_send_timeout,
+            )
         finals = await self.final_outputs(raw, gen)
         if finals is None:
             return Response(status_code=499)
