@@ -26,8 +26,8 @@ def model_config(header: GGUFHeader, vocab_rows: int) -> ModelConfig:
         value = fields.get(f"{arch}.{key}", default)
         if required and value is None:
             raise ModelLoadError(f"{path}: metadata lacks {arch}.{key}")
-        if value is not None and not isinstance(value, (int, float, str)):
-            raise ModelLoadError(f"{path}: metadata {arch}.{key} has an invalid value {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ModelLoadError(f"{path}: metadata {arch}.{key} should be a number, not {_describe(value)}")
         return value
 
     hidden = int(get("embedding_length", required=True))
@@ -37,7 +37,15 @@ def model_config(header: GGUFHeader, vocab_rows: int) -> ModelConfig:
     layers = int(get("block_count", required=True))
     if not 0 < layers <= len(header.tensors):
         raise ModelLoadError(f"{path}: {arch}.block_count={layers} does not fit {len(header.tensors)} tensors")
-    head_dim = int(get("attention.key_length") or (arch == "llama" and get("rope.dimension_count")) or hidden // heads)
+    head_dim = int(get("attention.key_length") or (arch == "llama" and get("rope.dimension_count")) or 0)
+    kv_heads = int(get("attention.head_count_kv") or heads)
+    if not head_dim and hidden % heads:
+        raise ModelLoadError(f"{path}: {arch}.embedding_length {hidden} is not a multiple of head_count {heads}")
+    if kv_heads < 1 or heads % kv_heads:
+        raise ModelLoadError(
+            f"{path}: {arch}.attention.head_count {heads} is not a multiple of head_count_kv {kv_heads}"
+        )
+    head_dim = head_dim or hidden // heads
     tensors = header.tensors
     return ModelConfig(
         architecture=arch,
@@ -46,7 +54,7 @@ def model_config(header: GGUFHeader, vocab_rows: int) -> ModelConfig:
         intermediate_size=int(get("feed_forward_length", required=True)),
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=int(get("attention.head_count_kv") or heads),
+        num_key_value_heads=kv_heads,
         head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
@@ -57,6 +65,14 @@ def model_config(header: GGUFHeader, vocab_rows: int) -> ModelConfig:
         qk_norm="blk.0.attn_q_norm.weight" in tensors,
         extra={"gguf_name": fields.get("general.name"), "gguf_file_type": fields.get("general.file_type")},
     )
+
+
+def _describe(value: Any) -> str:
+    """A metadata value in a few words, for messages (a vocabulary-sized list would flood the log)."""
+    if isinstance(value, (list, np.ndarray)):
+        return f"an array of {len(value)} values"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _rope_scaling(header: GGUFHeader, arch: str, head_dim: int) -> dict[str, Any] | None:

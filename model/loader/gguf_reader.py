@@ -24,6 +24,7 @@ from .gguf_dequant import dequantize_tensor
 
 _MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+_LIST_MAX = 1 << 16  # numeric metadata arrays outside tokenizer.* longer than this stay numpy arrays
 
 # Fixed-size scalar value types: struct format (little-endian).
 _SCALARS = {
@@ -54,7 +55,7 @@ class TensorInfo:
 class GGUFHeader:
     path: str
     version: int
-    fields: dict[str, Any]  # metadata: key -> str | int | float | bool | list
+    fields: dict[str, Any]  # metadata: key -> str | int | float | bool | list (or np.ndarray, see _LIST_MAX)
     tensors: dict[str, TensorInfo]
     file_size: int
 
@@ -88,28 +89,29 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0, compact: bool = False) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
         if vtype == GGUFValueType.STRING:
             return self.string(what)
         if vtype == GGUFValueType.ARRAY and depth < 2:
-            return self.array(what, depth)
+            return self.array(what, depth, compact)
         raise self.fail(f"{what} has an unknown value type {vtype}")
 
-    def array(self, what: str, depth: int) -> list[Any]:
+    def array(self, what: str, depth: int, compact: bool) -> list[Any] | np.ndarray:
         etype = self.scalar("<I", f"element type of {what}")
         count = self.scalar("<Q", f"length of {what}")
         if etype in _SCALARS:
             width = struct.calcsize(_SCALARS[etype])
             self.need(count * width, f"{what} ({count} elements)")
-            out = np.frombuffer(self.buf, dtype=np.dtype(_SCALARS[etype]), count=count, offset=self.pos).tolist()
+            out = np.frombuffer(self.buf, dtype=np.dtype(_SCALARS[etype]), count=count, offset=self.pos)
             self.pos += count * width
-            return out
+            # A long numeric array kvserve does not read stays numpy: as a list it takes 8x the file's bytes.
+            return out.copy() if compact and count > _LIST_MAX else out.tolist()
         self.need(count * 8, f"{what} ({count} elements)")  # each string/array element takes >= 8 bytes
         if etype == GGUFValueType.STRING:
             return self.strings(count, what)
-        return [self.value(etype, what, depth + 1) for _ in range(count)]
+        return [self.value(etype, what, depth + 1, compact) for _ in range(count)]
 
     def strings(self, count: int, what: str) -> list[str]:
         """A string array (vocabularies, merges: ~50k entries) in one tight loop."""
@@ -174,7 +176,7 @@ def _parse_header(cur: _Cursor, size: int) -> GGUFHeader:
         vtype = cur.scalar("<I", f"type of {key!r}")
         if key in fields:
             raise cur.fail(f"duplicate metadata key {key!r}")
-        fields[key] = cur.value(vtype, f"metadata {key!r}")
+        fields[key] = cur.value(vtype, f"metadata {key!r}", compact=not key.startswith("tokenizer."))
     infos = [_tensor_info(cur) for _ in range(n_tensors)]
     alignment = fields.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
@@ -184,7 +186,12 @@ def _parse_header(cur: _Cursor, size: int) -> GGUFHeader:
     for name, dims, qtype, rel in infos:
         if name in tensors:
             raise cur.fail(f"duplicate tensor {name!r}")
+        if rel % alignment:
+            raise ModelLoadError(
+                f"{path}: tensor {name!r} data offset {rel} is not a multiple of the alignment ({alignment})"
+            )
         tensors[name] = _place_tensor(path, name, dims, qtype, data_start + rel, size)
+    _check_overlaps(path, tensors)
     return GGUFHeader(path=path, version=version, fields=fields, tensors=tensors, file_size=size)
 
 
@@ -214,6 +221,17 @@ def _place_tensor(path: str, name: str, dims: list[int], qtype_code: int, offset
             f"{size}-byte file; truncated or corrupt"
         )
     return TensorInfo(name, tuple(reversed(dims)), qtype, offset, n_bytes)
+
+
+def _check_overlaps(path: str, tensors: dict[str, TensorInfo]) -> None:
+    """Tensors may not share bytes (llama.cpp lays them out one after the other)."""
+    spans = sorted((t.offset, t.offset + t.n_bytes, t.name) for t in tensors.values())
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ModelLoadError(
+                f"{path}: tensor {first!r} (ending at byte {end}) overlaps tensor {second!r} (starting at byte "
+                f"{start}); corrupt file"
+            )
 
 
 def read_raw(f: Any, info: TensorInfo) -> np.ndarray:
