@@ -115,6 +115,9 @@ class Scheduler:
                     # Nothing will free blocks: take what fits now and continue next step.
                     num_new = min(num_new, self._tokens_that_fit(seq))
                 if num_new == 0 or not self.blocks.can_allocate(seq, num_new):
+                    # A waiting sequence holds nothing: give back the cached prefix it just took, or the
+                    # running ones starve for blocks and every sequence ends up waiting (a deadlock).
+                    self.blocks.free(seq)
                     break
             self.waiting.popleft()
             self.blocks.allocate(seq, num_new)
