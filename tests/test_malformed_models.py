@@ -12,8 +12,8 @@ regex; peak memory stays under 2x the input's size plus MEMORY_ALLOWANCE (the in
 Python allocations with tracemalloc here, the process' peak RSS (VmHWM) in one subprocess that runs
 the whole corpus. Two cases also go through `python -m app.main serve`.
 
-Weights that are NaN or Inf are not refused yet (test_non_finite_weights_are_refused, a strict xfail:
-a needed change). Not marked slow: about 20 s on 2 cores, most of it the two CLI start-ups.
+Weights that are NaN or Inf are refused at load, naming the file and the tensor
+(test_non_finite_weights_are_refused). Not marked slow: about 20 s on 2 cores, most of it the two CLI start-ups.
 """
 
 from __future__ import annotations
@@ -666,11 +666,6 @@ def test_refused_quickly_with_a_clear_message(corpus, name):
 # --------------------------------------------------------------------------- weights that are not numbers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needed server change: the loaders do not check weights for NaN/Inf yet; such a model loads "
-    "and generates garbage (greedy: token 0 forever)",
-)
 @pytest.mark.parametrize("fmt, value", [("gguf", "nan"), ("gguf", "inf"), ("st", "nan"), ("st", "-inf")])
 def test_non_finite_weights_are_refused(base, tmp_path, fmt, value):
     """What a user wants: one ModelLoadError at load that names the file and the tensor."""

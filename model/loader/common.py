@@ -35,3 +35,11 @@ class Checkpoint:
 
 
 __all__ = ["Checkpoint", "ModelLoadError"]
+
+
+def check_finite(file: str, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, or ModelLoadError naming the file and the tensor if a float value is NaN or Inf: such a
+    model would load and generate garbage (one NaN spreads through every layer)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ModelLoadError(f"{file}: tensor {name!r} holds NaN or Inf values (not finite); the file is corrupt")
+    return tensor

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-from .common import Checkpoint
+from .common import Checkpoint, check_finite
 from .gguf_metadata import model_config
 from .gguf_names import map_tensors, unpermute_qk
 from .gguf_reader import read_header, read_raw, read_tensor
@@ -70,7 +70,7 @@ def load_gguf(path: str) -> Checkpoint:
                 if cfg.architecture in _PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
                     heads = cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads
                     w = unpermute_qk(w, heads)
-                yield name, torch.from_numpy(np.ascontiguousarray(w))
+                yield name, check_finite(path, name, torch.from_numpy(np.ascontiguousarray(w)))
 
     def quantized_blocks() -> Iterator[tuple[str, int, np.ndarray]]:
         with open(path, "rb") as f:

@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig
 from ..tokenizer import Tokenizer
-from .common import Checkpoint, ModelLoadError
+from .common import Checkpoint, ModelLoadError, check_finite
 from .gguf_names import expected_shapes
 
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.pth")
@@ -112,12 +112,19 @@ def _check_against_config(
 
 def _iter_weights(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
+        bad: tuple[str, torch.Tensor] | None = None  # a tensor with NaN/Inf: refused outside the handler
         try:
             with safe_open(file, framework="pt") as f:
                 for key in f.keys():
-                    yield key, f.get_tensor(key)
+                    tensor = f.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        bad = (key, tensor)
+                        break
+                    yield key, tensor
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{file}: cannot read tensors ({exc})") from None
+        if bad is not None:
+            check_finite(file, *bad)
 
 
 def load_hf_dir(path: str) -> Checkpoint:
