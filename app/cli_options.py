@@ -112,6 +112,13 @@ OPTIONS: list[Option] = [
         "/v1/embeddings: pool the final-norm hidden states by the last token or the mean (L2-normalized)",
     ),
     Option(
+        "--request-timeout",
+        "request_timeout",
+        seconds,
+        "abort a request still running after this many seconds: 408 request_timeout, or the stream's error "
+        "event (0: no limit, the default)",
+    ),
+    Option(
         "--stream-send-timeout",
         "stream_send_timeout",
         seconds,

@@ -18,7 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from model.errors import ContextLengthError, EngineDeadError, InvalidParamError, RequestAbortedError, StepFailedError
+from model.errors import (
+    ContextLengthError,
+    EngineDeadError,
+    InvalidParamError,
+    RequestAbortedError,
+    RequestTimeoutError,
+    StepFailedError,
+)
 
 log = logging.getLogger("kvserve.app")
 
@@ -79,6 +86,8 @@ def api_error_of(exc: BaseException) -> APIError:
         return context_length_exceeded(exc.max_model_len, exc.num_prompt_tokens, exc.max_tokens, exc.param or "prompt")
     if isinstance(exc, InvalidParamError):
         return bad_request(str(exc), exc.param)
+    if isinstance(exc, RequestTimeoutError):
+        return APIError(408, f"{exc}; it was aborted (--request-timeout)", INVALID_REQUEST, None, "request_timeout")
     if isinstance(exc, RequestAbortedError):
         return APIError(
             503, "the server shut down before the request finished; retry it", UNAVAILABLE, None, "shutdown_timeout"

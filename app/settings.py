@@ -61,6 +61,7 @@ class Settings:
     responses_store: bool = True  # keep /v1/responses results (OpenAI's store=true) for GET and previous_response_id
     responses_store_size: int = 1000  # responses kept at most (the oldest goes first)
     responses_store_ttl: float = 3600.0  # seconds a stored response is kept
+    request_timeout: float = 0.0  # seconds a generation request may run before it is aborted (408); 0: no limit
     stream_send_timeout: float = 30.0  # seconds one SSE event may wait for a client that stopped reading; 0: none
     shutdown_timeout: float = 8.0  # seconds in-flight requests may take to finish after SIGTERM
     webui: bool = True  # serve the built-in chat page at / (app/webui)

@@ -26,6 +26,7 @@ _EXPORTS = {
     "ContextLengthError": ".errors",
     "EngineDeadError": ".errors",
     "StepFailedError": ".errors",
+    "RequestTimeoutError": ".errors",
     "InvalidParamError": ".errors",
     "ModelLoadError": ".errors",
     "RequestAbortedError": ".errors",
@@ -53,6 +54,7 @@ __all__ = [
     "EngineConfig",
     "EngineDeadError",
     "StepFailedError",
+    "RequestTimeoutError",
     "EngineStats",
     "InvalidParamError",
     "LLM",
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
         InvalidParamError,
         ModelLoadError,
         RequestAbortedError,
+        RequestTimeoutError,
         StepFailedError,
     )
     from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprobs

@@ -8,6 +8,7 @@
 - `StepFailedError`: one engine step raised; only the requests in that step were aborted (`.request_ids`),
   the engine goes on serving the others.
 - `RequestAbortedError`: the server ended the request (e.g. at the end of a shutdown drain).
+- `RequestTimeoutError(RequestAbortedError)`: the request ran past its time limit and was aborted.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class RequestAbortedError(RuntimeError):
     """The request was aborted by the server (`AsyncEngine.abort_all`, e.g. at the end of a shutdown drain)."""
 
 
+class RequestTimeoutError(RequestAbortedError):
+    """The request ran longer than its time limit (`AsyncEngine.submit(timeout=...)`) and was aborted."""
+
+
 __all__ = [
     "InvalidParamError",
     "ContextLengthError",
@@ -70,4 +75,5 @@ __all__ = [
     "EngineDeadError",
     "RequestAbortedError",
     "StepFailedError",
+    "RequestTimeoutError",
 ]

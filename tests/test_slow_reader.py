@@ -47,3 +47,20 @@ def test_a_stalled_reader_blocks_nobody_and_is_dropped(tiny_llama_dir):
         stalled.close()
     finally:
         server.stop()
+
+
+def test_a_request_past_its_time_limit_is_aborted_with_a_408(tiny_llama_dir):
+    server = ServerProcess([tiny_llama_dir, "--served-model-name", TINY_NAME, *TINY_ARGS, "--request-timeout", "0.5"])
+    try:
+        server.wait_ready()
+        slow = {"prompt": "x", "max_tokens": 480, "ignore_eos": True, "n": 16, "logprobs": 20}
+        r = httpx.post(server.base_url + "/v1/completions", json=slow, timeout=60)
+        assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout", r.text
+        with httpx.stream("POST", server.base_url + "/v1/completions", json={**slow, "stream": True}, timeout=60) as s:
+            lines = [line for line in s.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and '"request_timeout"' in lines[-2]
+        quick = httpx.post(server.base_url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=60)
+        assert quick.status_code == 200
+        server.wait_idle(timeout=10)
+    finally:
+        server.stop()

@@ -68,17 +68,19 @@ class Serving:
                 info.prompt = prompt
         return info
 
-    @staticmethod
     async def submit(
-        engine: AsyncEngine, requests: Sequence[tuple[str, list[int]]], params: SamplingParams, param: str
+        self, engine: AsyncEngine, requests: Sequence[tuple[str, list[int]]], params: SamplingParams, param: str
     ) -> list[RequestStream]:
         """Submit each (engine request id, prompt ids). The engine checks every request (InvalidParamError
         naming `param` for prompt errors, ContextLengthError with max_tokens reserved) before anything runs;
         if one is refused, the ones already submitted are closed and the error propagates."""
         streams: list[RequestStream] = []
+        timeout = self.state.settings.request_timeout or None
         try:
             for request_id, ids in requests:
-                streams.append(await engine.submit(ids, params, request_id, param=param, reserve_max_tokens=True))
+                streams.append(
+                    await engine.submit(ids, params, request_id, param=param, reserve_max_tokens=True, timeout=timeout)
+                )
         except BaseException:
             for stream in streams:
                 await stream.aclose()

@@ -60,12 +60,12 @@ class EmbeddingServing(Serving):
                 lambda: [encode_text(engine, p, True, "input") if isinstance(p, str) else p for p in prompts]
             )
             params = SamplingParams(max_tokens=1)
+            timeout = state.settings.request_timeout or None
             streams = []
             try:
                 for i, prompt_ids in enumerate(ids):
-                    streams.append(
-                        await engine.submit(prompt_ids, params, f"{request_id}-{i}", "input", False, pooling)
-                    )
+                    rid = f"{request_id}-{i}"
+                    streams.append(await engine.submit(prompt_ids, params, rid, "input", False, pooling, timeout))
             except BaseException:
                 for stream in streams:
                     await stream.aclose()

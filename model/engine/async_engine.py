@@ -20,7 +20,7 @@ import uuid
 from typing import Any, AsyncIterator, Callable
 
 from ..config import EngineConfig
-from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError, StepFailedError
+from ..errors import EngineDeadError, InvalidParamError, RequestAbortedError, RequestTimeoutError, StepFailedError
 from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from ..structured.compiler import CompiledGrammar
@@ -44,6 +44,7 @@ class RequestStream:
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.finished = False
         self.closed = False
+        self.timer: asyncio.TimerHandle | None = None  # the time limit, if the request has one
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -68,6 +69,8 @@ class RequestStream:
         if self.closed:
             return
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
         self.engine._forget(self.request_id)
         if not self.finished:
             self.engine.abort(self.request_id)
@@ -153,11 +156,13 @@ class AsyncEngine:
         param: str = "prompt",
         reserve_max_tokens: bool = False,
         pooling: str | None = None,
+        timeout: float | None = None,
     ) -> RequestStream:
         """Check a request and queue it; returns its output stream. InvalidParamError (naming `param` for
         prompt errors) is raised here, before anything runs; EngineDeadError once the engine has died.
         With `reserve_max_tokens`, prompt + max_tokens must fit the context (ContextLengthError). With
-        `pooling` ("last" | "mean") it is an embedding request: one final output carrying `embedding`."""
+        `pooling` ("last" | "mean") it is an embedding request: one final output carrying `embedding`. With
+        `timeout` (seconds), a request still running after it ends with RequestTimeoutError (aborted)."""
         if self.dead_error is not None:
             raise EngineDeadError("the engine is dead") from self.dead_error
         request_id = request_id or uuid.uuid4().hex
@@ -172,9 +177,14 @@ class AsyncEngine:
             if request_id in self._streams:
                 raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
             self._streams[request_id] = stream
+        if timeout:
+            stream.timer = stream.loop.call_later(timeout, self._time_out, request_id, timeout)
         self._inbox.put(("add", request_id, ids, params, text, grammar, pooling))
         self._wakeup.set()
         return stream
+
+    def _time_out(self, request_id: str, timeout: float) -> None:
+        self._deliver_one(request_id, RequestTimeoutError(f"the request took longer than {timeout:g} s"))
 
     async def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
         """The request's constraint compiled in a worker thread, never on the engine thread or the event
