@@ -76,13 +76,17 @@ def test_duplicate_and_invalid_requests(async_engine):
 
 
 def test_engine_death_is_reported(tiny_llama_dir):
+    """A failure outside a forward pass (here the scheduler) kills the engine: every request after it gets
+    EngineDeadError and `on_dead` is called (a failed forward pass only fails its step: tests/test_faults.py)."""
     core = LLMEngine(EngineConfig(model=tiny_llama_dir, dtype="float32", device="cpu", kv_cache_memory=8 * 1024**2))
     engine = AsyncEngine(engine=core)
+    died = []
 
     def boom(*_a, **_k):
-        raise RuntimeError("simulated kernel failure")
+        raise RuntimeError("simulated scheduler failure")
 
-    core.runner.execute = boom
+    core.scheduler.schedule = boom
+    engine.on_dead = lambda: died.append(True)
     engine.start()
     try:
 
@@ -93,7 +97,7 @@ def test_engine_death_is_reported(tiny_llama_dir):
                 await collect(engine, [1, 2, 3], GREEDY)
 
         asyncio.run(main())
-        assert engine.is_dead
+        assert engine.is_dead and died == [True]
     finally:
         engine.shutdown()
 
