@@ -367,6 +367,7 @@ def extra_servers(tiny_llama_dir, tmp_path_factory):
         "KVSERVE_KV_CACHE_MEMORY": "4MiB",
         "KVSERVE_NUM_THREADS": "1",
         "KVSERVE_ALLOWED_ORIGINS": "http://app.example",
+        "PYTHONPATH": str(_slow_load_hook(tmp_path_factory.mktemp("slow-load"))),
     }
     from_env = ServerProcess([], env=env)
     try:
@@ -374,6 +375,21 @@ def extra_servers(tiny_llama_dir, tmp_path_factory):
     finally:
         restricted.stop()
         from_env.stop()
+
+
+def _slow_load_hook(folder):
+    """A sitecustomize that makes the engine take 3 s longer to build (in its loading thread), so that the
+    loading phase is seen whatever the machine's speed (test_503_while_loading)."""
+    (folder / "sitecustomize.py").write_text(
+        "import time\n"
+        "from model.engine import async_engine\n"
+        "_init = async_engine.AsyncEngine.__init__\n"
+        "def _slow(self, *a, **k):\n"
+        "    time.sleep(3)\n"
+        "    _init(self, *a, **k)\n"
+        "async_engine.AsyncEngine.__init__ = _slow\n"
+    )
+    return folder
 
 
 @pytest.fixture()

@@ -4,10 +4,9 @@ It is the only door from a server into the engine: runtime facts, the served nam
 tokenization, request submission, abort, and an immutable stats snapshot that the engine thread
 publishes after each step. The loop side puts add/abort commands into a thread-safe inbox; the engine
 thread drains it before each step and hands each step's outputs back with one `call_soon_threadsafe`.
-If a step's forward pass raises, only that step's requests fail (StepFailedError, their blocks freed) and
-the engine goes on. Any other failure on the engine thread kills it: every waiting request gets
-EngineDeadError, new ones are refused, and `on_dead` (if set) is called, so a server can exit and be
-restarted by its orchestrator.
+A forward pass that raises fails only its step's requests (StepFailedError, blocks freed); any other
+failure kills the engine thread: every waiter gets EngineDeadError, new requests are refused, and
+`on_dead` is called (a server exits then, for its orchestrator to restart it).
 """
 
 from __future__ import annotations
@@ -118,8 +117,7 @@ class AsyncEngine:
         tools: list[dict] | None = None,
         tool_choice: str | dict | None = "auto",
     ) -> str:
-        """The chat template applied to `messages` (ValueError on a template error), with `tools` if given.
-        Thread-safe."""
+        """The chat template applied to `messages` (ValueError on a template error), `tools` if given."""
         return self._engine.render_chat(
             messages, add_generation_prompt=add_generation_prompt, tools=tools, tool_choice=tool_choice
         )
@@ -178,17 +176,15 @@ class AsyncEngine:
                 raise InvalidParamError(f"request id {request_id!r} is already in use", "request_id")
             self._streams[request_id] = stream
         if timeout:
-            stream.timer = stream.loop.call_later(timeout, self._time_out, request_id, timeout)
+            late = RequestTimeoutError(f"the request took longer than {timeout:g} s")
+            stream.timer = stream.loop.call_later(timeout, self._deliver_one, request_id, late)
         self._inbox.put(("add", request_id, ids, params, text, grammar, pooling))
         self._wakeup.set()
         return stream
 
-    def _time_out(self, request_id: str, timeout: float) -> None:
-        self._deliver_one(request_id, RequestTimeoutError(f"the request took longer than {timeout:g} s"))
-
     async def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
-        """The request's constraint compiled in a worker thread, never on the engine thread or the event
-        loop; past COMPILE_TIMEOUT_S it is refused (llguidance's limits bound the work left behind)."""
+        """The constraint compiled in a worker thread (never the engine thread or the loop); refused past
+        COMPILE_TIMEOUT_S (llguidance's limits bound the work left behind)."""
         spec = params.structured_outputs
         if spec is None:
             return None
@@ -215,8 +211,8 @@ class AsyncEngine:
         self._wakeup.set()
 
     def abort_all(self, reason: str = "the server aborted the request") -> int:
-        """End every request in flight: each stream raises RequestAbortedError(reason) (its cleanup aborts
-        the engine request and frees its blocks). Returns how many were ended. Thread-safe."""
+        """End every request in flight (each stream raises RequestAbortedError, its cleanup frees the blocks);
+        returns how many. Thread-safe."""
         with self._lock:
             ids = list(self._streams)
         for request_id in ids:
