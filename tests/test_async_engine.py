@@ -97,6 +97,9 @@ def test_engine_death_is_reported(tiny_llama_dir):
                 await collect(engine, [1, 2, 3], GREEDY)
 
         asyncio.run(main())
+        deadline = time.monotonic() + 5  # on_dead runs on the engine thread right after the waiters are answered
+        while not died and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert engine.is_dead and died == [True]
     finally:
         engine.shutdown()
